@@ -1,0 +1,102 @@
+"""One typed settings object: command-line flags > environment (`DATABASE_URL`, `PIPELINE_*`) > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pipeline"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a command needs to know, built once at the edge and passed down."""
+
+    database_url: str | None = None
+    """`DATABASE_URL`; when unset, an embedded PostgreSQL under `data_dir` is used."""
+    data_dir: Path = dataclasses.field(default_factory=_default_data_dir)
+    """`PIPELINE_DATA_DIR`: where the embedded PostgreSQL keeps its files."""
+    model: str | None = None
+    """`PIPELINE_MODEL`: a hub name or a local directory; unset means 'as recorded, else the default'."""
+    device: str | None = None
+    """`PIPELINE_DEVICE`: cpu, cuda, mps; unset lets sentence-transformers pick."""
+    batch_size: int = 64
+    """`PIPELINE_BATCH_SIZE`: texts per model call."""
+    claim_size: int = 256
+    """`PIPELINE_CLAIM_SIZE`: queue rows claimed (and committed) together."""
+    interval: float = 30.0
+    """`PIPELINE_INTERVAL`: seconds between polls when no notification arrives."""
+    max_attempts: int = 5
+    """`PIPELINE_MAX_ATTEMPTS`: tries before a row moves to `pipeline.failed`."""
+    retry_delay: float = 5.0
+    """`PIPELINE_RETRY_DELAY`: seconds before the first retry of a failed row; doubles each time."""
+    max_chars: int = 100_000
+    """`PIPELINE_MAX_CHARS`: characters of a dor kept before tokenizing (the model reads far fewer)."""
+    chunk_tokens: int | None = None
+    """`PIPELINE_CHUNK_TOKENS`: tokens per document chunk; unset means the model's window."""
+    chunk_overlap: float = 0.15
+    """`PIPELINE_CHUNK_OVERLAP`: share of a chunk repeated at the start of the next one."""
+    log_level: str = "INFO"
+    """`PIPELINE_LOG_LEVEL`."""
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from the environment, then apply flags (`None` values are ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = "DATABASE_URL" if field.name == "database_url" else f"PIPELINE_{field.name.upper()}"
+            raw = env.get(name)
+            if raw is not None and raw.strip() != "":
+                values[field.name] = _parse(field, raw.strip(), name)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("batch_size", "claim_size", "max_attempts", "max_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.retry_delay < 0:
+            raise ConfigError(f"retry_delay must not be negative, got {self.retry_delay}")
+        if self.interval <= 0:
+            raise ConfigError(f"interval must be positive, got {self.interval}")
+        if not 0 <= self.chunk_overlap < 0.5:
+            raise ConfigError(f"chunk_overlap must be in [0, 0.5), got {self.chunk_overlap}")
+
+
+def _parse(field: dataclasses.Field[Any], raw: str, name: str) -> Any:
+    kind = str(field.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if kind.startswith("Path"):
+        return Path(raw).expanduser()
+    return raw
+
+
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+_PASSWORD_KW = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in a connection string (or in a message that quotes one)."""
+    return _PASSWORD_KW.sub(r"\1***", _PASSWORD.sub(r"\1***@", text))

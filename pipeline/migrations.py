@@ -1,0 +1,115 @@
+"""Apply the numbered files of `sql/` once each, in order, under an advisory lock, with checksums."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+from pipeline.db import Connection, register_vector, translate_errors
+from pipeline.errors import MigrationError
+
+logger = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every process that migrates this database.
+_LOCK_KEY = 0x70_69_70_65  # "pipe"
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def sql_dir() -> Path:
+    """`sql/` beside the package (a source checkout or an editable install), or `PIPELINE_SQL_DIR`."""
+    override = os.environ.get("PIPELINE_SQL_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "sql"
+
+
+def load(directory: Path | None = None) -> list[Migration]:
+    """The migration files in order; a misnamed or duplicated number is an error."""
+    directory = directory or sql_dir()
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory not found: {directory}")
+    found: list[Migration] = []
+    numbers: set[str] = set()
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+        if match.group(1) in numbers:
+            raise MigrationError(f"{path.name}: migration number {match.group(1)} is used twice")
+        numbers.add(match.group(1))
+        found.append(Migration(path.name, path.read_text(encoding="utf-8")))
+    return found
+
+
+def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
+    """Apply what is missing; return the names applied. Safe to run from several processes at once.
+
+    `conn` must be in autocommit mode: each file runs in its own transaction.
+    """
+    migrations = load(directory)
+    applied_now: list[str] = []
+    with translate_errors():
+        conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute("create schema if not exists pipeline")
+            conn.execute(
+                "create table if not exists pipeline.migrations ("
+                " name text primary key, checksum text not null,"
+                " applied_at timestamptz not null default now())"
+            )
+            rows = conn.execute("select name, checksum from pipeline.migrations").fetchall()
+            applied = {row["name"]: row["checksum"] for row in rows}
+            for migration in migrations:
+                previous = applied.get(migration.name)
+                if previous is not None:
+                    if previous != migration.checksum:
+                        raise MigrationError(
+                            f"sql/{migration.name} changed after it was applied to this database; "
+                            "released migrations are never edited: put the change in a new numbered file"
+                        )
+                    continue
+                logger.info("applying %s", migration.name)
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "insert into pipeline.migrations (name, checksum) values (%s, %s)",
+                        (migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.name)
+            unknown = sorted(set(applied) - {m.name for m in migrations})
+            if unknown:
+                logger.warning("the database has migrations this code does not know: %s", ", ".join(unknown))
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    register_vector(conn)
+    return applied_now
+
+
+def pending(conn: Connection, directory: Path | None = None) -> list[str]:
+    """Names of migrations not yet applied (all of them on a database never migrated)."""
+    names = [m.name for m in load(directory)]
+    with translate_errors():
+        exists = conn.execute("select to_regclass('pipeline.migrations') is not null as ok").fetchone()
+        if not exists or not exists["ok"]:
+            return names
+        done = {row["name"] for row in conn.execute("select name from pipeline.migrations")}
+    return [name for name in names if name not in done]
+
+
+def require_current(conn: Connection) -> None:
+    """Refuse to work on a database whose schema is behind the code."""
+    missing = pending(conn)
+    if missing:
+        raise MigrationError(f"the database needs migrations ({', '.join(missing)}): run `pipeline migrate`")

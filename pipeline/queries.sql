@@ -1,0 +1,180 @@
+-- Named queries the worker runs, loaded once by `pipeline.db.queries()`.
+
+-- get_state --
+select key, value from pipeline.state
+
+-- record_model --
+insert into pipeline.state (key, value)
+values ('model', %(model)s), ('dimension', %(dimension)s::text)
+on conflict (key) do nothing
+
+-- set_model --
+insert into pipeline.state (key, value, updated_at)
+values ('model', %(model)s, now()), ('dimension', %(dimension)s::text, now())
+on conflict (key) do update set value = excluded.value, updated_at = now()
+
+-- column_dimension --
+select atttypmod as dimension
+from pg_attribute
+where attrelid = 'public.dores'::regclass and attname = 'embedding'
+
+-- claim --
+select row_id, attempts
+from pipeline.queue
+where source = %(source)s and next_attempt_at <= now()
+order by next_attempt_at, row_id
+limit %(limit)s
+for update skip locked
+
+-- read_dores --
+select id, text, hash, (content_hash = hash and embedding_model = %(model)s and has_embedding) as current
+from (
+    select d.id,
+           pipeline.dor_text(d.dor_base, d.solucao_graventum) as text,
+           pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum)) as hash,
+           d.content_hash, d.embedding_model, d.embedding is not null as has_embedding
+    from public.dores d
+    where d.id = any(%(ids)s)
+) t
+
+-- read_documents --
+select id, title, text, hash, (content_hash = hash and embedding_model = %(model)s) as current
+from (
+    select d.id, d.title,
+           pipeline.document_text(d.title, d.content) as text,
+           pipeline.content_hash(pipeline.document_text(d.title, d.content)) as hash,
+           d.content_hash, d.embedding_model
+    from public.documents d
+    where d.id = any(%(ids)s)
+) t
+
+-- create_staging --
+create temp table if not exists pipeline_staging (
+    row_id bigint not null,
+    chunk_index int not null default 0,
+    content text,
+    embedding vector not null,
+    content_hash text not null
+) on commit delete rows
+
+-- copy_dores --
+copy pg_temp.pipeline_staging (row_id, embedding, content_hash) from stdin (format binary)
+
+-- copy_chunks --
+copy pg_temp.pipeline_staging (row_id, chunk_index, content, embedding, content_hash) from stdin (format binary)
+
+-- write_dores --
+-- Only rows whose text is still the text that was embedded; a row changed meanwhile keeps its queue
+-- row and is embedded again.
+update public.dores d
+set embedding = s.embedding,
+    embedding_model = %(model)s,
+    content_hash = s.content_hash,
+    embedded_at = now()
+from pg_temp.pipeline_staging s
+where d.id = s.row_id
+  and pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum)) = s.content_hash
+returning d.id
+
+-- write_documents --
+update public.documents d
+set embedding_model = %(model)s,
+    content_hash = s.content_hash,
+    embedded_at = now()
+from (select distinct row_id, content_hash from pg_temp.pipeline_staging) s
+where d.id = s.row_id
+  and pipeline.content_hash(pipeline.document_text(d.title, d.content)) = s.content_hash
+returning d.id
+
+-- delete_chunks --
+delete from public.document_chunks where document_id = any(%(ids)s)
+
+-- insert_chunks --
+insert into public.document_chunks
+    (document_id, chunk_index, content, metadata, embedding, embedding_model, content_hash)
+select s.row_id, s.chunk_index, s.content,
+       d.metadata || jsonb_build_object('document_id', d.id, 'title', d.title, 'chunk_index', s.chunk_index),
+       s.embedding, %(model)s, pipeline.content_hash(s.content)
+from pg_temp.pipeline_staging s
+join public.documents d on d.id = s.row_id
+where s.row_id = any(%(ids)s)
+order by s.row_id, s.chunk_index
+
+-- delete_queue --
+delete from pipeline.queue where source = %(source)s and row_id = any(%(ids)s)
+
+-- retry_later --
+update pipeline.queue
+set attempts = attempts + 1,
+    last_error = %(error)s,
+    next_attempt_at = now() + make_interval(secs => %(delay)s)
+where source = %(source)s and row_id = %(row_id)s
+
+-- move_to_failed --
+with gone as (
+    delete from pipeline.queue
+    where source = %(source)s and row_id = %(row_id)s
+    returning source, row_id, attempts
+)
+insert into pipeline.failed (source, row_id, attempts, error)
+select source, row_id, attempts + 1, %(error)s from gone
+on conflict (source, row_id)
+do update set attempts = excluded.attempts, error = excluded.error, failed_at = now()
+
+-- queue_stale_dores --
+insert into pipeline.queue (source, row_id)
+select 'dores', d.id
+from public.dores d
+where d.embedding is null
+   or d.embedding_model is distinct from %(model)s
+   or d.content_hash is distinct from pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum))
+on conflict (source, row_id) do nothing
+
+-- queue_stale_documents --
+insert into pipeline.queue (source, row_id)
+select 'documents', d.id
+from public.documents d
+where d.embedding_model is distinct from %(model)s
+   or d.content_hash is distinct from pipeline.content_hash(pipeline.document_text(d.title, d.content))
+on conflict (source, row_id) do nothing
+
+-- forget_hashes_dores --
+update public.dores set content_hash = null where content_hash is not null
+
+-- forget_hashes_documents --
+update public.documents set content_hash = null where content_hash is not null
+
+-- count_ready --
+select count(*) as n from pipeline.queue where source = any(%(sources)s) and next_attempt_at <= now()
+
+-- status_tables --
+select 'dores' as source,
+       (select count(*) from public.dores) as rows,
+       (select count(*) from public.dores where embedding is not null) as embedded,
+       null::bigint as chunks,
+       (select max(embedded_at) from public.dores) as last_embedded_at
+union all
+select 'documents',
+       (select count(*) from public.documents),
+       (select count(*) from public.documents where embedded_at is not null),
+       (select count(*) from public.document_chunks),
+       (select max(embedded_at) from public.documents)
+
+-- status_lag --
+select source, pending, extract(epoch from oldest_pending_age)::float as oldest_pending_s, failed, other_model
+from pipeline.lag
+
+-- match_dores --
+select id, dor_base, solucao_graventum, segmento, similarity
+from public.match_dores(%(embedding)s, %(k)s, %(segmento)s)
+
+-- change_dimension --
+drop index if exists public.dores_embedding_idx;
+drop index if exists public.document_chunks_embedding_idx;
+update public.dores set embedding = null, embedding_model = null, content_hash = null, embedded_at = null where embedding is not null;
+delete from public.document_chunks;
+update public.documents set embedding_model = null, content_hash = null, embedded_at = null where embedded_at is not null;
+alter table public.dores alter column embedding type vector({dim});
+alter table public.document_chunks alter column embedding type vector({dim});
+create index dores_embedding_idx on public.dores using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64);
+create index document_chunks_embedding_idx on public.document_chunks using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)

@@ -1,0 +1,23 @@
+"""Query embedding plus the SQL functions, for the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.db import Connection, query, translate_errors
+from pipeline.embedding import Embedder
+from pipeline.errors import InputError
+
+
+def search_dores(
+    conn: Connection, embedder: Embedder, text: str, *, k: int = 5, segmento: int | None = None
+) -> list[dict[str, Any]]:
+    """The `k` dores nearest to `text`, through `match_dores`."""
+    if not text.strip():
+        raise InputError("the search text is empty")
+    if k < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    vector = embedder.embed([text])[0]
+    with translate_errors():
+        rows = conn.execute(query("match_dores"), {"embedding": vector, "k": k, "segmento": segmento}).fetchall()
+    return [{**row, "similarity": round(float(row["similarity"]), 4)} for row in rows]

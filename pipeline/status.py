@@ -1,0 +1,58 @@
+"""Where things stand: model, rows, queue and failures per table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.db import Connection, query, translate_errors
+from pipeline.migrations import pending
+from pipeline.sync import recorded_model
+
+
+def status(conn: Connection) -> dict[str, Any]:
+    """A JSON-ready summary of the database's pipeline state."""
+    missing = pending(conn)
+    if missing:
+        return {"migrations_pending": missing, "model": None, "tables": []}
+    model, dimension = recorded_model(conn)
+    with translate_errors():
+        tables = {row["source"]: dict(row) for row in conn.execute(query("status_tables"))}
+        for row in conn.execute(query("status_lag")):
+            tables[row["source"]].update(row)
+    result = []
+    for source, row in tables.items():
+        last = row["last_embedded_at"]
+        result.append(
+            {
+                "table": source,
+                "rows": row["rows"],
+                "embedded": row["embedded"],
+                "chunks": row["chunks"],
+                "pending": row["pending"],
+                "failed": row["failed"],
+                "other_model": row["other_model"],
+                "oldest_pending_s": round(row["oldest_pending_s"], 1) if row["oldest_pending_s"] is not None else None,
+                "last_sync": last.isoformat() if last else None,
+            }
+        )
+    return {"migrations_pending": [], "model": model, "dimension": dimension, "tables": result}
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """The human-readable table `pipeline status` prints."""
+    if data["migrations_pending"]:
+        return f"schema not up to date: run `pipeline migrate` ({', '.join(data['migrations_pending'])})"
+    lines = [f"model: {data['model'] or '(none yet: run pipeline sync)'}" + (f" ({data['dimension']} dims)" if data["model"] else "")]
+    header = f"{'table':<10} {'rows':>8} {'embedded':>9} {'pending':>8} {'failed':>7} {'oldest pending':>15}  last sync"
+    lines.append(header)
+    for row in data["tables"]:
+        oldest = f"{row['oldest_pending_s']:.0f}s" if row["oldest_pending_s"] is not None else "-"
+        lines.append(
+            f"{row['table']:<10} {row['rows']:>8} {row['embedded']:>9} {row['pending']:>8} {row['failed']:>7} "
+            f"{oldest:>15}  {row['last_sync'] or '-'}"
+        )
+        if row["chunks"]:
+            lines[-1] += f"  ({row['chunks']} chunks)"
+        if row["other_model"]:
+            lines.append(f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`")
+    return "\n".join(lines)
