@@ -134,7 +134,9 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
 
     with _connection(settings) as conn:
         embedder = SentenceTransformerEmbedder(
-            model=resolve_model(args.model), device=settings.device, batch_size=settings.batch_size,
+            model=resolve_model(args.model),
+            device=settings.device,
+            batch_size=settings.batch_size,
             max_chars=settings.max_chars,
         )
         switch_model(conn, embedder)
@@ -212,7 +214,10 @@ def cmd_import_csv(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError("import-csv loads dores; use `pipeline import-docs` for documents")
     with _connection(settings) as conn:
         report = import_dores(conn, Path(args.file))
-    print(f"imported {report.inserted} dores" + (f", skipped {report.skipped_empty} with an empty dor_base" if report.skipped_empty else ""))
+    print(
+        f"imported {report.inserted} dores"
+        + (f", skipped {report.skipped_empty} with an empty dor_base" if report.skipped_empty else "")
+    )
     return 0
 
 
@@ -277,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="daemon: embed new and changed rows as they arrive")
     p.add_argument("--interval", type=float, help="seconds between polls when no NOTIFY arrives (default 30)")
 
-    for name, text in (("sync", "drain the queue once and exit"), ("backfill", "queue and embed rows whose vectors are missing or stale")):
+    for name, text in (
+        ("sync", "drain the queue once and exit"),
+        ("backfill", "queue and embed rows whose vectors are missing or stale"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text, description=text)
         p.add_argument("--table", choices=["dores", "documents", "all"], default="all")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -49,9 +49,7 @@ class Settings:
     """`PIPELINE_LOG_LEVEL`."""
 
     @classmethod
-    def load(
-        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-    ) -> Settings:
+    def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from the environment, then apply flags (`None` values are ignored)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -56,9 +56,7 @@ def open_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], Iterator
     header = [name.strip() for name in header]
     missing = [name for name in required if name not in header]
     if missing:
-        raise InputError(
-            f"{path} has no {', '.join(missing)} column (columns found: {', '.join(header) or 'none'})"
-        )
+        raise InputError(f"{path} has no {', '.join(missing)} column (columns found: {', '.join(header) or 'none'})")
     reader = csv.DictReader(lines, fieldnames=header, delimiter=delimiter, restval="")
     return header, reader
 
@@ -68,20 +66,20 @@ def import_dores(conn: Connection, path: Path) -> ImportReport:
     header, rows = open_csv(path, ("dor_base",))
     extra = [name for name in header if name not in ("dor_base", "solucao_graventum") and name]
     report = ImportReport()
-    with translate_errors(), conn.transaction():
-        with conn.cursor().copy("copy public.dores (dor_base, solucao_graventum, metadata) from stdin") as copy:
-            try:
-                for row in rows:
-                    dor = (row.get("dor_base") or "").strip()
-                    if not dor:
-                        report.skipped_empty += 1
-                        continue
-                    solucao = (row.get("solucao_graventum") or "").strip() or None
-                    metadata = {name: row[name] for name in extra if row.get(name) not in (None, "")}
-                    copy.write_row((dor, solucao, json.dumps(metadata, ensure_ascii=False)))
-                    report.inserted += 1
-            except csv.Error as exc:
-                raise InputError(f"{path}: malformed CSV: {exc}") from None
+    statement = "copy public.dores (dor_base, solucao_graventum, metadata) from stdin"
+    with translate_errors(), conn.transaction(), conn.cursor().copy(statement) as copy:
+        try:
+            for row in rows:
+                dor = (row.get("dor_base") or "").strip()
+                if not dor:
+                    report.skipped_empty += 1
+                    continue
+                solucao = (row.get("solucao_graventum") or "").strip() or None
+                metadata = {name: row[name] for name in extra if row.get(name) not in (None, "")}
+                copy.write_row((dor, solucao, json.dumps(metadata, ensure_ascii=False)))
+                report.inserted += 1
+        except csv.Error as exc:
+            raise InputError(f"{path}: malformed CSV: {exc}") from None
     if report.skipped_empty:
         logger.warning("%s: skipped %d rows with an empty dor_base", path, report.skipped_empty)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -88,10 +89,8 @@ class Daemon:
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken: nothing to release
                 self._conn.close()
-            except Exception:  # already broken; nothing to release
-                pass
         self._conn = None
 
     def notify(self) -> None:
@@ -166,7 +165,10 @@ class Daemon:
         listener = threading.Thread(target=self.listen, name="listener", daemon=True)
         listener.start()
         logger.info(
-            "ready: model %s, listening on %s, polling every %.0fs", self.worker.embedder.name, CHANNEL, self.settings.interval
+            "ready: model %s, listening on %s, polling every %.0fs",
+            self.worker.embedder.name,
+            CHANNEL,
+            self.settings.interval,
         )
         self.stop.wait()
         scheduler.shutdown(wait=False)
@@ -175,7 +177,5 @@ class Daemon:
             logger.warning("batch still running after %.0fs; exiting, it will be rolled back", SHUTDOWN_GRACE_S)
         else:
             self._drop_connection()
-        logger.info(
-            "stopped: %d rows embedded, %d failed since start", self.totals.embedded, self.totals.failed
-        )
+        logger.info("stopped: %d rows embedded, %d failed since start", self.totals.embedded, self.totals.failed)
         return 0

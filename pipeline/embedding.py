@@ -142,9 +142,7 @@ class SentenceTransformerEmbedder:
             raise ModelError(f"could not load model {model.name}: {exc}") from exc
         self.load_seconds = time.perf_counter() - started
         self.name = model.name
-        getter = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
-        )
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(getter())
         self.max_tokens = int(self.model.max_seq_length)
         self.batch_size = batch_size

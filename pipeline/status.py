@@ -42,7 +42,10 @@ def format_status(data: dict[str, Any]) -> str:
     """The human-readable table `pipeline status` prints."""
     if data["migrations_pending"]:
         return f"schema not up to date: run `pipeline migrate` ({', '.join(data['migrations_pending'])})"
-    lines = [f"model: {data['model'] or '(none yet: run pipeline sync)'}" + (f" ({data['dimension']} dims)" if data["model"] else "")]
+    lines = [
+        f"model: {data['model'] or '(none yet: run pipeline sync)'}"
+        + (f" ({data['dimension']} dims)" if data["model"] else "")
+    ]
     header = f"{'table':<10} {'rows':>8} {'embedded':>9} {'pending':>8} {'failed':>7} {'oldest pending':>15}  last sync"
     lines.append(header)
     for row in data["tables"]:
@@ -54,5 +57,7 @@ def format_status(data: dict[str, Any]) -> str:
         if row["chunks"]:
             lines[-1] += f"  ({row['chunks']} chunks)"
         if row["other_model"]:
-            lines.append(f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`")
+            lines.append(
+                f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`"
+            )
     return "\n".join(lines)

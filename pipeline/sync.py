@@ -117,7 +117,10 @@ class Worker:
         report = SyncReport()
         limit = limit or (self.settings.claim_size if source == "dores" else max(self.settings.claim_size // 16, 1))
         with translate_errors(), conn.transaction():
-            claimed = {row["row_id"]: row["attempts"] for row in conn.execute(query("claim"), {"source": source, "limit": limit})}
+            claimed = {
+                row["row_id"]: row["attempts"]
+                for row in conn.execute(query("claim"), {"source": source, "limit": limit})
+            }
             if not claimed:
                 return report
             read = "read_dores" if source == "dores" else "read_documents"
@@ -130,7 +133,14 @@ class Worker:
                     finished.add(row["id"])
                     report.unchanged += 1
                 elif not row["text"].strip():
-                    self._fail(conn, source, row["id"], "empty text: nothing to embed", permanent=True, attempts=claimed[row["id"]])
+                    self._fail(
+                        conn,
+                        source,
+                        row["id"],
+                        "empty text: nothing to embed",
+                        permanent=True,
+                        attempts=claimed[row["id"]],
+                    )
                     report.failed += 1
                 else:
                     todo.append(row)
@@ -198,9 +208,7 @@ class Worker:
         written = {r["id"] for r in conn.execute(query("write_dores"), {"model": self.embedder.name})}
         return written, errors
 
-    def _write_documents(
-        self, conn: Connection, rows: list[dict[str, Any]]
-    ) -> tuple[set[int], dict[int, str], int]:
+    def _write_documents(self, conn: Connection, rows: list[dict[str, Any]]) -> tuple[set[int], dict[int, str], int]:
         tokenizer = getattr(self.embedder, "tokenizer", None)
         texts: list[str] = []
         owners: list[int] = []
@@ -245,7 +253,9 @@ class Worker:
             conn.execute(query("move_to_failed"), params)
         else:
             delay = retry_delay(attempts + 1, self.settings.retry_delay)
-            logger.warning("%s row %d failed (attempt %d), retrying in %.0fs: %s", source, row_id, attempts + 1, delay, error)
+            logger.warning(
+                "%s row %d failed (attempt %d), retrying in %.0fs: %s", source, row_id, attempts + 1, delay, error
+            )
             conn.execute(query("retry_later"), {**params, "delay": delay})
 
     # -- many batches ----------------------------------------------------------------------------
