@@ -81,6 +81,8 @@ class Daemon:
                     break
         finally:
             self.idle.set()
+            if self.wake.is_set() and not self.stop.is_set():
+                self._schedule_now()  # a notification raced with the end of this run
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -94,13 +96,22 @@ class Daemon:
         self._conn = None
 
     def notify(self) -> None:
-        """Ask for a drain now (called by the listener)."""
+        """Ask for a drain now (called by the listener).
+
+        A running drain job sees `wake` and loops once more; an idle one is scheduled for now. Setting
+        `wake` before reading `idle` (and the job doing the reverse) means one side always notices.
+        """
         self.wake.set()
-        if self._scheduler is not None and not self.stop.is_set():
-            try:
-                self._scheduler.modify_job("drain", next_run_time=dt.datetime.now(dt.UTC))
-            except Exception as exc:  # the scheduler is shutting down
-                logger.debug("could not wake the drain job: %s", exc)
+        if self.idle.is_set() and not self.stop.is_set():
+            self._schedule_now()
+
+    def _schedule_now(self) -> None:
+        if self._scheduler is None:
+            return
+        try:
+            self._scheduler.modify_job("drain", next_run_time=dt.datetime.now(dt.UTC))
+        except Exception as exc:  # the scheduler is shutting down
+            logger.debug("could not wake the drain job: %s", exc)
 
     def listen(self) -> None:
         """LISTEN on the queue channel; reconnect with backoff when the connection drops."""

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -e .
 .venv/bin/pip check >/dev/null
 export HF_HUB_OFFLINE=1
 .venv/bin/ruff check pipeline tests bench

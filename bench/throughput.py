@@ -1,0 +1,88 @@
+"""Daemon steady-state throughput against raw `SentenceTransformer.encode` of the same texts.
+
+For each run: raw encode of N texts; then the daemon (model already loaded, waiting on NOTIFY) gets N rows
+in one committed INSERT and the clock runs until every row is embedded. Prints a Markdown table.
+
+    python bench/throughput.py [--rows 5000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+
+from bench.common import dores_texts, machine, scratch_database, table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    from pipeline.config import Settings
+    from pipeline.daemon import Daemon
+    from pipeline.db import connect
+    from pipeline.embedding import resolve_model
+    from pipeline.sync import prepare_worker
+
+    pairs = dores_texts(args.rows)
+    texts = [f"{d}\n{s}" for d, s in pairs]
+    settings = Settings(batch_size=args.batch_size, interval=300.0)
+    with scratch_database() as url, connect(url) as conn:
+        started = time.perf_counter()
+        worker = prepare_worker(conn, settings)
+        load_s = time.perf_counter() - started
+        model = worker.embedder.model  # type: ignore[attr-defined]
+        name = resolve_model(None).name
+        model.encode(texts[:256], batch_size=args.batch_size)  # warm-up
+
+        daemon = Daemon(settings=settings, url=url, worker=worker)
+        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread.start()
+        time.sleep(1.0)
+
+        raw_times, pipe_times = [], []
+        for run in range(args.runs):
+            t0 = time.perf_counter()
+            model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
+            raw_times.append(time.perf_counter() - t0)
+
+            conn.execute("truncate dores")
+            with conn.transaction(), conn.cursor().copy("copy dores (dor_base, solucao_graventum) from stdin") as copy:
+                for dor, solucao in pairs:
+                    copy.write_row((dor, solucao))
+            t0 = time.perf_counter()  # committed: the NOTIFY is out
+            # The queue empties in the same transaction that writes the vectors: a cheap thing to poll.
+            while conn.execute("select exists (select from pipeline.queue) as busy").fetchone()["busy"]:
+                time.sleep(0.02)
+            pipe_times.append(time.perf_counter() - t0)
+            done = conn.execute("select count(*) as n from dores where embedding is not null").fetchone()["n"]
+            assert done == args.rows, f"only {done} of {args.rows} rows embedded"
+            print(f"run {run + 1}: raw {raw_times[-1]:.2f}s, pipeline {pipe_times[-1]:.2f}s", file=sys.stderr)
+        daemon.stop.set()
+        thread.join(10)
+
+    raw, pipe = statistics.median(raw_times), statistics.median(pipe_times)
+    print(f"\nmachine: {machine()}; model {name}; {args.rows} dores; median of {args.runs} runs\n")
+    print(
+        table(
+            ["what", "seconds", "rows/s"],
+            [
+                ["raw SentenceTransformer.encode", f"{raw:.2f}", f"{args.rows / raw:.0f}"],
+                ["daemon: commit to all embedded", f"{pipe:.2f}", f"{args.rows / pipe:.0f}"],
+                ["ratio (raw time / pipeline time)", f"{raw / pipe:.3f}", ""],
+                ["model load (separate)", f"{load_s:.2f}", ""],
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
