@@ -44,6 +44,18 @@ def _connection(settings: Settings, *, migrated: bool = True) -> Iterator[Any]:
         yield conn
 
 
+@contextlib.contextmanager
+def _worker_connections(settings: Settings) -> Iterator[tuple[Any, Any]]:
+    """A connection for claiming and embedding, and a spare one for writing the previous batch."""
+    from pipeline.db import connect, database_url
+    from pipeline.migrations import require_current
+
+    url = database_url(settings)
+    with connect(url) as conn, connect(url) as spare:
+        require_current(conn)
+        yield conn, spare
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, ensure_ascii=False, default=str)
     sys.stdout.write("\n")
@@ -85,9 +97,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sync import prepare_worker
 
-    with _connection(settings) as conn:
+    with _worker_connections(settings) as (conn, spare):
         worker = prepare_worker(conn, settings)
-        report = worker.drain(conn, _sources(args.table))
+        report = worker.drain(conn, _sources(args.table), spare=spare)
     if args.json:
         _print_json(report.as_dict())
     else:
@@ -103,14 +115,14 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sync import count_ready, prepare_worker, queue_stale
 
     sources = _sources(args.table)
-    with _connection(settings) as conn:
+    with _worker_connections(settings) as (conn, spare):
         worker = prepare_worker(conn, settings)
         queued = queue_stale(conn, sources=sources, model=worker.embedder.name, rebuild=args.rebuild)
         total = count_ready(conn, sources)
         logger.info("backfill: %d rows newly queued, %d ready to process", queued, total)
         progress = _Progress(total, "backfill")
         try:
-            report = worker.drain(conn, sources, on_batch=progress)
+            report = worker.drain(conn, sources, spare=spare, on_batch=progress)
         except KeyboardInterrupt:
             progress.close()
             left = count_ready(conn, sources)

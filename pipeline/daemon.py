@@ -54,6 +54,7 @@ class Daemon:
         self.last_loop: float | None = None
         self.totals = SyncReport()
         self._conn: Connection | None = None
+        self._spare: Connection | None = None
         self._scheduler: Any = None
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -66,8 +67,8 @@ class Daemon:
             while not self.stop.is_set():
                 self.wake.clear()
                 try:
-                    conn = self._connection()
-                    report = self.worker.drain(conn, stop=self.stop)
+                    conn, spare = self._connections()
+                    report = self.worker.drain(conn, spare=spare, stop=self.stop)
                 except DatabaseError as exc:
                     self._drop_connection()
                     delay = backoff.next()
@@ -84,16 +85,20 @@ class Daemon:
             if self.wake.is_set() and not self.stop.is_set():
                 self._schedule_now()  # a notification raced with the end of this run
 
-    def _connection(self) -> Connection:
+    def _connections(self) -> tuple[Connection, Connection]:
+        """The work connection and a spare one (the previous batch commits on it), reopened if lost."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect(self.url)
-        return self._conn
+        if self._spare is None or self._spare.closed or self._spare.broken:
+            self._spare = connect(self.url)
+        return self._conn, self._spare
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing to release
-                self._conn.close()
-        self._conn = None
+        for conn in (self._conn, self._spare):
+            if conn is not None:
+                with contextlib.suppress(Exception):  # already broken: nothing to release
+                    conn.close()
+        self._conn = self._spare = None
 
     def notify(self) -> None:
         """Ask for a drain now (called by the listener).

@@ -24,7 +24,7 @@ QUERIES = [
 def run_demo(settings: Settings) -> int:
     url = database_url(settings)
     print(f"database: {'DATABASE_URL' if settings.database_url else f'embedded PostgreSQL in {settings.data_dir}'}")
-    with connect(url) as conn:
+    with connect(url) as conn, connect(url) as spare:
         applied = migrate(conn)
         print(f"migrate: {len(applied)} migration(s) applied")
         row = conn.execute("select count(*) as n from public.dores").fetchone()
@@ -34,7 +34,7 @@ def run_demo(settings: Settings) -> int:
         else:
             print(f"import-csv: dores already has {row['n'] if row else 0} rows; sample not loaded again")
         worker = prepare_worker(conn, settings)
-        sync = worker.drain(conn)
+        sync = worker.drain(conn, spare=spare)
         print(f"sync: {sync.embedded} rows embedded in {sync.seconds:.1f}s, {sync.unchanged} unchanged")
         for text in QUERIES:
             print(f'\nsearch "{text}":')

@@ -93,8 +93,30 @@ def record_model(conn: Connection, embedder: Embedder) -> None:
     check_model(conn, embedder.name)
 
 
+@dataclasses.dataclass
+class Batch:
+    """A claimed batch between its two phases: embedded, not yet written. Its transaction is open."""
+
+    conn: Connection
+    source: str
+    claimed: dict[int, int]
+    rows: list[dict[str, Any]]
+    finished: set[int]
+    report: SyncReport
+    started: float
+    texts: list[str] = dataclasses.field(default_factory=list)
+    owners: list[int] = dataclasses.field(default_factory=list)
+    vectors: Any = None
+    errors: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
 class Worker:
-    """Processes queue batches with one embedder; several workers may share a database."""
+    """Processes queue batches with one embedder; several workers may share a database.
+
+    A batch has two phases in one transaction: `begin` (claim, read, embed: the model's time) and
+    `finish` (write vectors, delete queue rows, commit: the database's time, mostly HNSW inserts).
+    `drain` with a second connection overlaps the `finish` of one batch with the `begin` of the next.
+    """
 
     def __init__(
         self,
@@ -113,150 +135,150 @@ class Worker:
 
     def run_batch(self, conn: Connection, source: str, limit: int | None = None) -> SyncReport:
         """Claim and process up to `limit` rows of `source` in one transaction."""
+        batch = self.begin(conn, source, limit)
+        return self.finish(batch) if batch else SyncReport()
+
+    def begin(self, conn: Connection, source: str, limit: int | None = None) -> Batch | None:
+        """Open a transaction, claim rows, read and embed them; None (and no transaction) if none is ready."""
         started = time.perf_counter()
-        report = SyncReport()
-        limit = limit or (self.settings.claim_size if source == "dores" else max(self.settings.claim_size // 16, 1))
-        with translate_errors(), conn.transaction():
-            claimed = {
-                row["row_id"]: row["attempts"]
-                for row in conn.execute(query("claim"), {"source": source, "limit": limit})
-            }
-            if not claimed:
-                return report
-            read = "read_dores" if source == "dores" else "read_documents"
-            rows = conn.execute(query(read), {"ids": list(claimed), "model": self.embedder.name}).fetchall()
-            finished = set(claimed) - {row["id"] for row in rows}  # source row deleted
-            report.deleted = len(finished)
-            todo = []
-            for row in rows:
-                if row["current"]:
-                    finished.add(row["id"])
-                    report.unchanged += 1
-                elif not row["text"].strip():
-                    self._fail(
-                        conn,
-                        source,
-                        row["id"],
-                        "empty text: nothing to embed",
-                        permanent=True,
-                        attempts=claimed[row["id"]],
-                    )
-                    report.failed += 1
-                else:
-                    todo.append(row)
-            errors: dict[int, str] = {}
-            if todo:
-                if source == "dores":
-                    written, errors = self._write_dores(conn, todo)
-                else:
-                    written, errors, report.chunks = self._write_documents(conn, todo)
-                finished.update(written)
-                report.embedded = len(written)
-                report.requeued = len(todo) - len(written) - len(errors)
-            for row_id, error in errors.items():
-                permanent = claimed[row_id] + 1 >= self.settings.max_attempts
-                self._fail(conn, source, row_id, error, permanent=permanent, attempts=claimed[row_id])
-                if permanent:
-                    report.failed += 1
-                else:
-                    report.retried += 1
-            if finished:
-                conn.execute(query("delete_queue"), {"source": source, "ids": list(finished)})
+        if limit is None:
+            limit = self.settings.claim_size if source == "dores" else max(self.settings.claim_size // 16, 1)
+        with translate_errors():
+            conn.execute("begin")
+            try:
+                claimed = {
+                    row["row_id"]: row["attempts"]
+                    for row in conn.execute(query("claim"), {"source": source, "limit": limit})
+                }
+                if not claimed:
+                    conn.rollback()
+                    return None
+                read = "read_dores" if source == "dores" else "read_documents"
+                rows = conn.execute(query(read), {"ids": list(claimed), "model": self.embedder.name}).fetchall()
+                batch = Batch(conn, source, claimed, [], set(claimed) - {r["id"] for r in rows}, SyncReport(), started)
+                batch.report.deleted = len(batch.finished)  # source row gone: nothing to do
+                for row in rows:
+                    if row["current"]:
+                        batch.finished.add(row["id"])
+                        batch.report.unchanged += 1
+                    elif not row["text"].strip():
+                        self._fail(batch, row["id"], "empty text: nothing to embed", permanent=True)
+                    else:
+                        batch.rows.append(row)
+                self._embed(batch)
+            except BaseException:
+                conn.rollback()
+                raise
+        return batch
+
+    def finish(self, batch: Batch) -> SyncReport:
+        """Write the vectors of an embedded batch, delete its queue rows and commit."""
+        conn, report = batch.conn, batch.report
+        with translate_errors():
+            try:
+                if batch.rows and self.before_write:
+                    self.before_write(batch.source, [row["id"] for row in batch.rows])
+                if batch.rows:
+                    written = self._write(batch)
+                    batch.finished.update(written)
+                    report.embedded = len(written)
+                    report.requeued = len(batch.rows) - len(written) - len(batch.errors)
+                for row_id, error in batch.errors.items():
+                    self._fail(batch, row_id, error, permanent=batch.claimed[row_id] + 1 >= self.settings.max_attempts)
+                if batch.finished:
+                    conn.execute(query("delete_queue"), {"source": batch.source, "ids": list(batch.finished)})
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
         report.batches = 1
-        report.seconds = time.perf_counter() - started
+        report.seconds = time.perf_counter() - batch.started
         if report.embedded:
             logger.info(
                 "%s: %d rows embedded in %.2fs (%.0f rows/s)%s",
-                source,
+                batch.source,
                 report.embedded,
                 report.seconds,
                 report.embedded / report.seconds,
                 f", {report.chunks} chunks" if report.chunks else "",
             )
         if report.requeued:
-            logger.info("%s: %d rows changed while embedding, queued again", source, report.requeued)
+            logger.info("%s: %d rows changed while embedding, queued again", batch.source, report.requeued)
         return report
 
-    def _embed_isolated(self, texts: list[str], owners: list[int]) -> tuple[np.ndarray, dict[int, str]]:
-        """Embed all texts; if that raises, embed owner by owner so one bad row cannot block the rest."""
+    def _embed(self, batch: Batch) -> None:
+        """Chunk (documents) and embed; a failing batch is retried owner by owner."""
+        if batch.source == "dores":
+            batch.texts = [row["text"] for row in batch.rows]
+            batch.owners = [row["id"] for row in batch.rows]
+        else:
+            tokenizer = getattr(self.embedder, "tokenizer", None)
+            for row in batch.rows:
+                try:
+                    pieces = chunk_text(
+                        row["text"], tokenizer, max_tokens=self.chunk_tokens, overlap=self.settings.chunk_overlap
+                    )
+                except Exception as exc:
+                    batch.errors[row["id"]] = f"chunking failed: {type(exc).__name__}: {exc}"[:1000]
+                    continue
+                batch.texts.extend(pieces)
+                batch.owners.extend([row["id"]] * len(pieces))
         try:
-            return self.embedder.embed(texts), {}
+            batch.vectors = self.embedder.embed(batch.texts)
+            return
         except Exception as exc:  # a bad row, or a model problem: find out row by row
-            logger.warning("batch of %d texts failed (%s); retrying row by row", len(texts), exc)
-        errors: dict[int, str] = {}
-        vectors = np.zeros((len(texts), self.embedder.dimension), dtype=np.float32)
+            logger.warning("batch of %d texts failed (%s); retrying row by row", len(batch.texts), exc)
+        batch.vectors = np.zeros((len(batch.texts), self.embedder.dimension), dtype=np.float32)
         by_owner: dict[int, list[int]] = {}
-        for position, owner in enumerate(owners):
+        for position, owner in enumerate(batch.owners):
             by_owner.setdefault(owner, []).append(position)
         for owner, positions in by_owner.items():
             try:
-                vectors[positions] = self.embedder.embed([texts[p] for p in positions])
+                batch.vectors[positions] = self.embedder.embed([batch.texts[p] for p in positions])
             except Exception as exc:
-                errors[owner] = f"{type(exc).__name__}: {exc}"[:1000]
-        return vectors, errors
+                batch.errors[owner] = f"{type(exc).__name__}: {exc}"[:1000]
 
-    def _write_dores(self, conn: Connection, rows: list[dict[str, Any]]) -> tuple[set[int], dict[int, str]]:
-        vectors, errors = self._embed_isolated([row["text"] for row in rows], [row["id"] for row in rows])
-        if self.before_write:
-            self.before_write("dores", [row["id"] for row in rows])
+    def _write(self, batch: Batch) -> set[int]:
+        """COPY the vectors into the staging table, then write them; return the ids written."""
+        conn, errors = batch.conn, batch.errors
         conn.execute(query("create_staging"))
-        with conn.cursor().copy(query("copy_dores")) as copy:
-            copy.set_types(["int8", "vector", "text"])
-            for row, vector in zip(rows, vectors, strict=True):
-                if row["id"] not in errors:
-                    copy.write_row((row["id"], vector, row["hash"]))
-        written = {r["id"] for r in conn.execute(query("write_dores"), {"model": self.embedder.name})}
-        return written, errors
-
-    def _write_documents(self, conn: Connection, rows: list[dict[str, Any]]) -> tuple[set[int], dict[int, str], int]:
-        tokenizer = getattr(self.embedder, "tokenizer", None)
-        texts: list[str] = []
-        owners: list[int] = []
-        errors: dict[int, str] = {}
-        for row in rows:
-            try:
-                pieces = chunk_text(
-                    row["text"], tokenizer, max_tokens=self.chunk_tokens, overlap=self.settings.chunk_overlap
-                )
-            except Exception as exc:
-                errors[row["id"]] = f"chunking failed: {type(exc).__name__}: {exc}"[:1000]
-                continue
-            texts.extend(pieces)
-            owners.extend([row["id"]] * len(pieces))
-        vectors, embed_errors = self._embed_isolated(texts, owners)
-        errors.update(embed_errors)
-        if self.before_write:
-            self.before_write("documents", [row["id"] for row in rows])
-        hashes = {row["id"]: row["hash"] for row in rows}
-        conn.execute(query("create_staging"))
-        index = 0
-        previous = None
+        hashes = {row["id"]: row["hash"] for row in batch.rows}
+        params = {"model": self.embedder.name}
+        if batch.source == "dores":
+            with conn.cursor().copy(query("copy_dores")) as copy:
+                copy.set_types(["int8", "vector", "text"])
+                for owner, vector in zip(batch.owners, batch.vectors, strict=True):
+                    if owner not in errors:
+                        copy.write_row((owner, vector, hashes[owner]))
+            return {r["id"] for r in conn.execute(query("write_dores"), params)}
+        index, previous = 0, None
         with conn.cursor().copy(query("copy_chunks")) as copy:
             copy.set_types(["int8", "int4", "text", "vector", "text"])
-            for owner, text, vector in zip(owners, texts, vectors, strict=True):
+            for owner, text, vector in zip(batch.owners, batch.texts, batch.vectors, strict=True):
                 index = index + 1 if owner == previous else 0
                 previous = owner
                 if owner not in errors:
                     copy.write_row((owner, index, text, vector, hashes[owner]))
-        written = {r["id"] for r in conn.execute(query("write_documents"), {"model": self.embedder.name})}
-        chunks = 0
+        written = {r["id"] for r in conn.execute(query("write_documents"), params)}
         if written:
             conn.execute(query("delete_chunks"), {"ids": list(written)})
-            cursor = conn.execute(query("insert_chunks"), {"ids": list(written), "model": self.embedder.name})
-            chunks = cursor.rowcount
-        return written, errors, chunks
+            batch.report.chunks = conn.execute(query("insert_chunks"), {**params, "ids": list(written)}).rowcount
+        return written
 
-    def _fail(self, conn: Connection, source: str, row_id: int, error: str, *, permanent: bool, attempts: int) -> None:
-        params = {"source": source, "row_id": row_id, "error": error}
+    def _fail(self, batch: Batch, row_id: int, error: str, *, permanent: bool) -> None:
+        attempts = batch.claimed[row_id] + 1
+        params = {"source": batch.source, "row_id": row_id, "error": error}
         if permanent:
-            logger.warning("%s row %d failed for good after %d attempts: %s", source, row_id, attempts + 1, error)
-            conn.execute(query("move_to_failed"), params)
+            logger.warning("%s row %d failed for good after %d attempts: %s", batch.source, row_id, attempts, error)
+            batch.conn.execute(query("move_to_failed"), params)
+            batch.report.failed += 1
         else:
-            delay = retry_delay(attempts + 1, self.settings.retry_delay)
+            delay = retry_delay(attempts, self.settings.retry_delay)
             logger.warning(
-                "%s row %d failed (attempt %d), retrying in %.0fs: %s", source, row_id, attempts + 1, delay, error
+                "%s row %d failed (attempt %d), retrying in %.0fs: %s", batch.source, row_id, attempts, delay, error
             )
-            conn.execute(query("retry_later"), {**params, "delay": delay})
+            batch.conn.execute(query("retry_later"), {**params, "delay": delay})
+            batch.report.retried += 1
 
     # -- many batches ----------------------------------------------------------------------------
 
@@ -265,23 +287,65 @@ class Worker:
         conn: Connection,
         sources: Sequence[str] = SOURCES,
         *,
+        spare: Connection | None = None,
         stop: threading.Event | None = None,
         on_batch: Callable[[SyncReport], None] | None = None,
     ) -> SyncReport:
-        """Process batches until no row is ready (or `stop` is set); return the totals."""
+        """Process batches until no row is ready (or `stop` is set); return the totals.
+
+        With a `spare` connection, each batch is written and committed on a background thread while the
+        next one is claimed and embedded on the other connection (SKIP LOCKED keeps them apart).
+        """
         total = SyncReport()
-        active = list(sources)
-        while active and not (stop and stop.is_set()):
-            for source in list(active):
-                if stop and stop.is_set():
+
+        def collect(report: SyncReport) -> None:
+            total.add(report)
+            if on_batch:
+                on_batch(report)
+
+        if spare is None:
+            active = list(sources)
+            while active and not (stop and stop.is_set()):
+                for source in list(active):
+                    if stop and stop.is_set():
+                        break
+                    report = self.run_batch(conn, source)
+                    if report.claimed == 0:
+                        active.remove(source)
+                    else:
+                        collect(report)
+            return total
+
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        connections = [conn, spare]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
+            writing: Future[SyncReport] | None = None
+            turn = 0
+            while not (stop and stop.is_set()):
+                batch = None
+                try:
+                    for source in sources:
+                        batch = self.begin(connections[turn % 2], source)
+                        if batch:
+                            break
+                finally:
+                    in_flight, writing = writing, None
+                    if in_flight is not None:
+                        try:
+                            collect(in_flight.result())
+                        except BaseException:
+                            if batch is not None:
+                                batch.conn.rollback()
+                            raise
+                if batch is None:
+                    if in_flight is not None:
+                        continue  # its commit may have made rows ready again (changed text, retry now)
                     break
-                report = self.run_batch(conn, source)
-                if report.claimed == 0:
-                    active.remove(source)
-                    continue
-                total.add(report)
-                if on_batch:
-                    on_batch(report)
+                writing = writer.submit(self.finish, batch)
+                turn += 1
+            if writing is not None:
+                collect(writing.result())
         return total
 
 

@@ -217,3 +217,45 @@ def test_documents_are_chunked_and_replaced(conn: Any, worker: Worker, embedder:
     assert [c["content"] for c in after] == ["Proposta\n\nTexto curto agora."]
     conn.execute("delete from documents where id = %s", (doc,))
     assert conn.execute("select count(*) as n from document_chunks").fetchone()["n"] == 0
+
+
+def test_overlapped_drain_embeds_every_row_once(conn: Any, db_url: str, worker: Worker, embedder: Any) -> None:
+    conn.execute("insert into dores (dor_base) select 'dor de teste ' || g from generate_series(1, 500) g")
+    with connect(db_url) as spare:
+        report = worker.drain(conn, spare=spare)
+    assert report.embedded == 500 and report.batches == 8  # claim_size 64
+    assert conn.execute("select count(*) as n from dores where embedding is null").fetchone()["n"] == 0
+    assert queue(conn) == []
+    row = conn.execute("select dor_base, embedding from dores order by id desc limit 1").fetchone()
+    expected = embedder.model.encode([row["dor_base"]], normalize_embeddings=True)[0]
+    assert float(np.dot(row["embedding"].to_numpy(), expected)) >= 0.999
+
+
+def test_overlapped_drain_redoes_rows_changed_mid_batch(conn: Any, db_url: str, embedder: Any, settings: Any) -> None:
+    ids = insert(conn, *[(f"versão antiga {i}", None) for i in range(100)])
+    record_model(conn, embedder)
+    changed: list[int] = []
+
+    def change_once(source: str, batch_ids: Any) -> None:
+        if not changed:
+            changed.append(batch_ids[0])
+            with connect(db_url) as other:
+                other.execute("update dores set dor_base = 'versão nova' where id = %s", (batch_ids[0],))
+
+    racing = Worker(embedder=embedder, settings=settings, before_write=change_once)
+    with connect(db_url) as spare:
+        report = racing.drain(conn, spare=spare)
+    assert report.requeued == 1 and report.embedded == 100
+    assert stored(conn, changed[0])["content_hash"] is not None
+    expected = embedder.model.encode(["versão nova"], normalize_embeddings=True)[0]
+    assert float(np.dot(stored(conn, changed[0])["embedding"].to_numpy(), expected)) >= 0.999
+    assert queue(conn) == [] and len(ids) == 100
+
+
+def test_overlapped_drain_with_a_poison_row(conn: Any, db_url: str, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker.embedder, "poison_marker", "VENENO")
+    insert(conn, *[(f"linha {i}", None) for i in range(150)], ("linha VENENO", None))
+    with connect(db_url) as spare:
+        report = worker.drain(conn, spare=spare)
+    assert report.embedded == 150 and report.failed == 1 and report.retried == 2
+    assert queue(conn) == []
