@@ -194,18 +194,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("search")
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
-    from pipeline.errors import PipelineError as Error
     from pipeline.search import search_dores
-    from pipeline.sync import check_model, recorded_model
 
     with _connection(settings) as conn:
-        recorded, _ = recorded_model(conn)
-        if recorded is None:
-            raise Error("nothing is embedded yet: run `pipeline sync` first")
-        resolved = resolve_model(settings.model, recorded)
-        check_model(conn, resolved.name)
-        embedder = SentenceTransformerEmbedder(model=resolved, device=settings.device)
+        embedder = _query_embedder(conn, settings)
         rows = search_dores(conn, embedder, args.text, k=args.k, segmento=args.segmento)
     if args.json:
         _print_json(rows)
@@ -245,6 +237,87 @@ def cmd_export_csv(args: argparse.Namespace, settings: Settings) -> int:
                 count = export_dores(conn, handle)
     print(f"exported {count} dores", file=sys.stderr)
     return 0
+
+
+@command("segment")
+def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.segments import fit_database, segment_csv
+
+    if args.csv:
+        if args.clusters == "auto":
+            raise InputError("--clusters auto works on the database; CSV mode takes a number")
+        frame, counts = segment_csv(Path(args.csv), clusters=_clusters(args.clusters), max_features=args.max_features)
+        report = sys.stdout if args.out else sys.stderr
+        if args.out:
+            frame.to_csv(args.out, index=False)
+        else:
+            frame.to_csv(sys.stdout, index=False)
+        for number, size in counts.items():
+            print(f"segmento {number}: {size}", file=report)
+        return 0
+    clusters: int | str = "auto" if args.clusters == "auto" else _clusters(args.clusters)
+    with _connection(settings) as conn:
+        result = fit_database(conn, clusters=clusters, method=args.method, max_features=args.max_features)
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        print(
+            f"{result.method} K={result.k} over {result.n_rows} dores in {result.seconds:.1f}s "
+            f"(silhouette {result.score}); {result.changed} rows changed segment"
+        )
+        for info in result.segments:
+            print(f"  {info.segmento:>3}  {info.size:>6}  {info.label}")
+    return 0
+
+
+def _clusters(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"--clusters takes a number or auto, got {value!r}") from None
+
+
+@command("segments")
+def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.segments import list_segments
+
+    with _connection(settings) as conn:
+        rows = list_segments(conn)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['segmento']:>3}  {row['size']:>6}  {row['label']}   [{', '.join(row['top_terms'])}]")
+            for example in row["examples"]:
+                print(f"        - {example}")
+    return 0
+
+
+@command("classify")
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.segments import classify
+
+    with _connection(settings) as conn:
+        embedder = _query_embedder(conn, settings)
+        result = classify(conn, embedder, args.text)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"segmento {result['segmento']}: {result['label']} (similarity {result['similarity']:.3f})")
+    return 0
+
+
+def _query_embedder(conn: Any, settings: Settings) -> Any:
+    """The database's model, for embedding a query."""
+    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
+    from pipeline.sync import check_model, recorded_model
+
+    recorded, _ = recorded_model(conn)
+    if recorded is None:
+        raise PipelineError("nothing is embedded yet: run `pipeline sync` first")
+    resolved = resolve_model(settings.model, recorded)
+    check_model(conn, resolved.name)
+    return SentenceTransformerEmbedder(model=resolved, device=settings.device)
 
 
 @command("db")
@@ -323,6 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-csv", parents=[common], help="write dores with their segmento as CSV")
     p.add_argument("--table", default="dores", choices=["dores"])
     p.add_argument("--out", help="file to write (default: stdout)")
+
+    p = sub.add_parser(
+        "segment",
+        parents=[common],
+        help="fit segments (KMeans) over the database's dores, or add `segmento` to a CSV (--csv)",
+        description="Database mode (default): fit over all embedded dores, store the model and update "
+        "dores.segmento in one transaction; numbers stay stable across refits. CSV mode (--csv): the seed's "
+        "TF-IDF + KMeans on dor_base + ' ' + solucao_graventum, no database needed.",
+    )
+    p.add_argument("--csv", help="CSV mode: input file with dor_base and solucao_graventum")
+    p.add_argument("--out", help="CSV mode: output file (default: stdout, counts then go to stderr)")
+    p.add_argument("--clusters", default="8", help="number of segments, or `auto` (database mode; 2..20 by silhouette)")
+    p.add_argument("--max-features", type=int, default=500, help="TF-IDF vocabulary size (default 500)")
+    p.add_argument(
+        "--method", choices=["embedding", "tfidf"], default="embedding", help="database mode: what to cluster"
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("segments", parents=[common], help="list segments: number, label, size, top terms, examples")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("classify", parents=[common], help="which segment a text (a lead's pain) belongs to")
+    p.add_argument("text")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("db", parents=[common], help="the embedded server: `db url` for psql, `db stop`")
     p.add_argument("action", choices=["url", "stop"])

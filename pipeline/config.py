@@ -31,7 +31,7 @@ class Settings:
     """`PIPELINE_DEVICE`: cpu, cuda, mps; unset lets sentence-transformers pick."""
     batch_size: int = 64
     """`PIPELINE_BATCH_SIZE`: texts per model call."""
-    claim_size: int = 256
+    claim_size: int = 512
     """`PIPELINE_CLAIM_SIZE`: queue rows claimed (and committed) together."""
     interval: float = 30.0
     """`PIPELINE_INTERVAL`: seconds between polls when no notification arrives."""
@@ -45,6 +45,14 @@ class Settings:
     """`PIPELINE_CHUNK_TOKENS`: tokens per document chunk; unset means the model's window."""
     chunk_overlap: float = 0.15
     """`PIPELINE_CHUNK_OVERLAP`: share of a chunk repeated at the start of the next one."""
+    segment_clusters: str = "8"
+    """`PIPELINE_SEGMENT_CLUSTERS`: K for the daemon's refits, or `auto`."""
+    segment_method: str = "embedding"
+    """`PIPELINE_SEGMENT_METHOD`: `embedding` (KMeans on the vectors) or `tfidf` (as the seed)."""
+    segment_cron: str = "0 3 * * *"
+    """`PIPELINE_SEGMENT_CRON`: when the daemon refits segments (crontab, UTC)."""
+    segment_growth: float = 0.2
+    """`PIPELINE_SEGMENT_GROWTH`: refit when embedded dores grew by this share since the last fit."""
     log_level: str = "INFO"
     """`PIPELINE_LOG_LEVEL`."""
 
@@ -73,6 +81,16 @@ class Settings:
             raise ConfigError(f"retry_delay must not be negative, got {self.retry_delay}")
         if self.interval <= 0:
             raise ConfigError(f"interval must be positive, got {self.interval}")
+        if self.segment_clusters != "auto" and not self.segment_clusters.isdigit():
+            raise ConfigError(f"segment_clusters must be a number or 'auto', got {self.segment_clusters!r}")
+        if self.segment_method not in ("embedding", "tfidf"):
+            raise ConfigError(f"segment_method must be embedding or tfidf, got {self.segment_method!r}")
+        try:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(self.segment_cron)
+        except ValueError as exc:
+            raise ConfigError(f"segment_cron {self.segment_cron!r} is not a crontab expression: {exc}") from None
         if not 0 <= self.chunk_overlap < 0.5:
             raise ConfigError(f"chunk_overlap must be in [0, 0.5), got {self.chunk_overlap}")
 

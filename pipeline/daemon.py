@@ -15,7 +15,7 @@ import psycopg
 
 from pipeline.config import Settings
 from pipeline.db import Connection, connect
-from pipeline.errors import DatabaseError
+from pipeline.errors import DatabaseError, PipelineError
 from pipeline.sync import SyncReport, Worker
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 CHANNEL = "pipeline_queue"
 BACKOFF_MAX_S = 30.0
 SHUTDOWN_GRACE_S = 8.0
+GROWTH_CHECK_S = 60.0
+FIRST_FIT_ROWS_PER_SEGMENT = 10
+SEGMENT_JOB_LOCK = 0x72_65_66_74  # "reft"
 
 
 class Backoff:
@@ -137,6 +140,47 @@ class Daemon:
                 logger.warning("listener lost the database (%s); reconnecting in %.0fs", str(exc).strip(), delay)
                 self.stop.wait(delay)
 
+    def refit_job(self, reason: str = "schedule") -> None:
+        """Refit segments (one daemon at a time: the others find the lock taken and skip)."""
+        from pipeline.segments import fit_database
+
+        try:
+            with connect(self.url) as conn:
+                locked = conn.execute("select pg_try_advisory_lock(%s) as ok", (SEGMENT_JOB_LOCK,)).fetchone()
+                if not locked or not locked["ok"]:
+                    logger.info("segment refit (%s) skipped: another worker is fitting", reason)
+                    return
+                try:
+                    clusters: int | str = self.settings.segment_clusters
+                    if clusters != "auto":
+                        clusters = int(clusters)
+                    logger.info("segment refit (%s)", reason)
+                    fit_database(conn, clusters=clusters, method=self.settings.segment_method)
+                finally:
+                    conn.execute("select pg_advisory_unlock(%s)", (SEGMENT_JOB_LOCK,))
+        except PipelineError as exc:
+            logger.warning("segment refit (%s) failed: %s", reason, exc)
+
+    def growth_job(self) -> None:
+        """Refit when the embedded dores grew by `segment_growth` since the last fit (or first reach enough)."""
+        from pipeline.db import query
+
+        try:
+            with connect(self.url) as conn:
+                row = conn.execute(query("segment_growth")).fetchone()
+                if row is None:
+                    embedded = conn.execute("select count(*) as n from public.dores where embedding is not null")
+                    count = int(embedded.fetchone()["n"])
+                    clusters = self.settings.segment_clusters
+                    needed = FIRST_FIT_ROWS_PER_SEGMENT * (int(clusters) if clusters != "auto" else 8)
+                    if count >= needed:
+                        self.refit_job(f"first fit, {count} embedded dores")
+                    return
+                if row["embedded"] >= row["n_rows"] * (1 + self.settings.segment_growth):
+                    self.refit_job(f"grew from {row['n_rows']} to {row['embedded']} dores")
+        except PipelineError as exc:
+            logger.warning("segment growth check failed: %s", exc)
+
     # -- life cycle ------------------------------------------------------------------------------
 
     def serve(self, prepare: Callable[[Connection], Worker]) -> int:
@@ -175,6 +219,18 @@ class Daemon:
             coalesce=True,
             next_run_time=dt.datetime.now(dt.UTC),
             misfire_grace_time=None,
+        )
+        from apscheduler.triggers.cron import CronTrigger
+
+        scheduler.add_job(
+            self.refit_job,
+            CronTrigger.from_crontab(self.settings.segment_cron, timezone=dt.UTC),
+            id="segment-refit",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.add_job(
+            self.growth_job, "interval", seconds=GROWTH_CHECK_S, id="segment-growth", max_instances=1, coalesce=True
         )
         self._scheduler = scheduler
         scheduler.start()

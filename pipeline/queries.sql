@@ -66,11 +66,13 @@ copy pg_temp.pipeline_staging (row_id, chunk_index, content, embedding, content_
 -- write_dores --
 -- Only rows whose text is still the text that was embedded; a row changed meanwhile keeps its queue
 -- row and is embedded again.
+-- The new vector also gets the segment of its nearest current centroid.
 update public.dores d
 set embedding = s.embedding,
     embedding_model = %(model)s,
     content_hash = s.content_hash,
-    embedded_at = now()
+    embedded_at = now(),
+    segmento = coalesce(pipeline.nearest_segment(s.embedding), d.segmento)
 from pg_temp.pipeline_staging s
 where d.id = s.row_id
   and pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum)) = s.content_hash
@@ -178,3 +180,67 @@ alter table public.dores alter column embedding type vector({dim});
 alter table public.document_chunks alter column embedding type vector({dim});
 create index dores_embedding_idx on public.dores using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64);
 create index document_chunks_embedding_idx on public.document_chunks using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)
+
+-- segment_read --
+select id, embedding, dor_base || ' ' || coalesce(solucao_graventum, '') as text
+from public.dores
+where embedding is not null
+order by id
+
+-- active_centroids --
+select segmento, centroid from public.current_segments order by segmento
+
+-- insert_segment_model --
+insert into pipeline.segment_models (method, k, params, n_rows, score)
+values (%(method)s, %(k)s, %(params)s::jsonb, %(n_rows)s, %(score)s)
+returning id
+
+-- insert_segment --
+insert into public.segments (model_id, segmento, label, top_terms, size, centroid)
+values (%(model_id)s, %(segmento)s, %(label)s, %(top_terms)s, %(size)s, %(centroid)s)
+
+-- create_segment_staging --
+create temp table if not exists segment_staging (row_id bigint primary key, segmento int not null)
+on commit delete rows
+
+-- copy_segment_staging --
+copy pg_temp.segment_staging (row_id, segmento) from stdin (format binary)
+
+-- apply_segments --
+-- Only rows whose number changes are written: an UPDATE also inserts into the HNSW index.
+update public.dores d
+set segmento = s.segmento
+from pg_temp.segment_staging s
+where d.id = s.row_id and d.segmento is distinct from s.segmento
+
+-- set_segment_model --
+insert into pipeline.state (key, value, updated_at) values ('segment_model', %(model_id)s, now())
+on conflict (key) do update set value = excluded.value, updated_at = now()
+
+-- list_segments --
+select s.segmento, s.label, s.size, s.top_terms,
+       coalesce((
+           select array_agg(e.dor_base order by e.distance)
+           from (
+               select d.dor_base, d.embedding <=> s.centroid as distance
+               from public.dores d
+               where d.segmento = s.segmento and d.embedding is not null
+               order by (d.embedding <=> s.centroid) + 0
+               limit %(examples)s
+           ) e
+       ), '{}') as examples
+from public.current_segments s
+order by s.segmento
+
+-- classify --
+select s.segmento, s.label, s.top_terms, 1 - (s.centroid <=> %(embedding)s) as similarity
+from public.current_segments s
+order by s.centroid <=> %(embedding)s
+limit 1
+
+-- segment_growth --
+select m.n_rows,
+       (select count(*) from public.dores where embedding is not null) as embedded,
+       m.created_at
+from pipeline.segment_models m
+where m.id = pipeline.active_segment_model()

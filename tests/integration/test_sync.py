@@ -252,7 +252,9 @@ def test_overlapped_drain_redoes_rows_changed_mid_batch(conn: Any, db_url: str, 
     assert queue(conn) == [] and len(ids) == 100
 
 
-def test_overlapped_drain_with_a_poison_row(conn: Any, db_url: str, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overlapped_drain_with_a_poison_row(
+    conn: Any, db_url: str, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(worker.embedder, "poison_marker", "VENENO")
     insert(conn, *[(f"linha {i}", None) for i in range(150)], ("linha VENENO", None))
     with connect(db_url) as spare:

@@ -1,0 +1,367 @@
+"""Segments: fit (the seed's TF-IDF + KMeans, or KMeans on the stored vectors), name, keep numbers
+stable across refits, store as data, and read them back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.db import Connection, query, translate_errors
+from pipeline.errors import InputError, PipelineError
+
+logger = logging.getLogger(__name__)
+
+RANDOM_STATE = 42
+MINIBATCH_ABOVE = 50_000
+SILHOUETTE_SAMPLE = 3_000
+_LOCK_KEY = 0x73_65_67_73  # "segs": one refit at a time per database
+
+# Portuguese function words (and a few of the domain's filler words) left out of segment names.
+PT_STOPWORDS = frozenset(
+    """
+    a à às ao aos aquela aquelas aquele aqueles aquilo as até com como da das de dela delas dele deles
+    depois do dos e é ela elas ele eles em entre era eram essa essas esse esses esta está estão estas
+    este estes eu foi foram há isso isto já la lhe lhes lo mais mas me mesmo meu meus minha minhas muito
+    na nas nem no nos nós nossa nossas nosso nossos num numa não o os ou para pela pelas pelo pelos por
+    qual quando que quem se sem ser seu seus sua suas são só também te tem têm tu tua tuas um uma umas
+    uns você vocês vos cada todo toda todos todas sempre nunca ainda onde porque pois sobre sob após
+    ter tendo sido seja sejam será serão fica ficam faz fazem feito feita vez vezes dia dias mês meses
+    ano anos hora horas outro outra outros outras alguns algumas nenhum nenhuma bem mal the of and to in
+    """.split()
+)
+
+
+@dataclasses.dataclass
+class SegmentInfo:
+    segmento: int
+    label: str
+    top_terms: list[str]
+    size: int
+
+
+# -- the seed's CSV mode -------------------------------------------------------------------------
+
+
+def seed_text(dor_base: Sequence[str], solucao: Sequence[str | None]) -> list[str]:
+    """The text the seed clustered: `dor_base + " " + solucao_graventum`."""
+    return [f"{d} {s or ''}" for d, s in zip(dor_base, solucao, strict=True)]
+
+
+def fit_tfidf(texts: Sequence[str], *, clusters: int, max_features: int = 500) -> tuple[np.ndarray, Any, Any]:
+    """TF-IDF (max_features, min_df=2, max_df=0.95) + KMeans(clusters, fixed random state), as the seed did."""
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if clusters < 2:
+        raise InputError(f"--clusters must be at least 2, got {clusters}")
+    if len(texts) < clusters:
+        raise InputError(f"{len(texts)} rows cannot make {clusters} segments: use fewer --clusters")
+    vectorizer = TfidfVectorizer(max_features=max_features, min_df=2, max_df=0.95)
+    try:
+        matrix = vectorizer.fit_transform(texts)
+    except ValueError as exc:  # empty vocabulary: too few or too short texts
+        raise InputError(f"cannot build a TF-IDF vocabulary from these texts ({exc})") from None
+    kmeans = KMeans(n_clusters=clusters, random_state=RANDOM_STATE, n_init=10)
+    labels = kmeans.fit_predict(matrix)
+    return labels, vectorizer, kmeans
+
+
+def segment_csv(path: Any, *, clusters: int, max_features: int) -> tuple[Any, dict[int, int]]:
+    """Read a CSV, add `segmento`; return the frame and the count per segment."""
+    import pandas as pd
+
+    from pipeline.csvio import open_csv
+
+    header, rows = open_csv(path, ("dor_base", "solucao_graventum"))  # one-line errors for bad files
+    frame = pd.DataFrame([[row.get(name, "") for name in header] for row in rows], columns=header, dtype=str)
+    if frame.empty:
+        raise InputError(f"{path} has a header but no rows")
+    labels, _, _ = fit_tfidf(
+        seed_text(frame["dor_base"].tolist(), frame["solucao_graventum"].tolist()),
+        clusters=clusters,
+        max_features=max_features,
+    )
+    frame["segmento"] = labels
+    counts = {int(k): int(v) for k, v in sorted(frame["segmento"].value_counts().items())}
+    return frame, counts
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+def top_terms(texts: Sequence[str], labels: Sequence[int], *, n_terms: int = 5) -> dict[int, list[str]]:
+    """Class-based TF-IDF: the words that set each segment apart from the others (stop words removed)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vectorizer = CountVectorizer(
+        stop_words=list(PT_STOPWORDS), token_pattern=r"(?u)\b[^\W\d_]{3,}\b", lowercase=True, min_df=1
+    )
+    try:
+        counts = vectorizer.fit_transform(texts)
+    except ValueError:
+        return {int(label): [] for label in set(labels)}
+    vocabulary = np.asarray(vectorizer.get_feature_names_out())
+    classes = sorted(set(int(label) for label in labels))
+    label_array = np.asarray(labels)
+    per_class = np.vstack([np.asarray(counts[label_array == c].sum(axis=0)).ravel() for c in classes]).astype(float)
+    tf = per_class / np.maximum(per_class.sum(axis=1, keepdims=True), 1)
+    average_words = per_class.sum() / len(classes)
+    idf = np.log(1 + average_words / np.maximum(per_class.sum(axis=0), 1))
+    scores = tf * idf
+    result = {}
+    for row, cls in enumerate(classes):
+        best = np.argsort(-scores[row])[:n_terms]
+        result[cls] = [str(vocabulary[i]) for i in best if scores[row, i] > 0]
+    return result
+
+
+def label_from_terms(terms: Sequence[str]) -> str:
+    return " / ".join(terms[:3]) if terms else "(sem termos)"
+
+
+# -- stable numbering ----------------------------------------------------------------------------
+
+
+def match_numbers(previous: np.ndarray | None, new: np.ndarray) -> list[int]:
+    """The number each new centroid takes: the previous model's number of the centroid it matches best
+    (Hungarian assignment on cosine similarity), fresh numbers for clusters with no counterpart."""
+    k = len(new)
+    if previous is None or len(previous) == 0:
+        return list(range(k))
+    from scipy.optimize import linear_sum_assignment
+
+    similarity = _unit(new) @ _unit(previous).T
+    rows, cols = linear_sum_assignment(-similarity)
+    numbers = [-1] * k
+    for r, c in zip(rows, cols, strict=True):
+        numbers[r] = int(c)
+    fresh = iter(range(len(previous), len(previous) + k))
+    return [n if n >= 0 else next(fresh) for n in numbers]
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.asarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+# -- database mode -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FitResult:
+    model_id: int
+    method: str
+    k: int
+    n_rows: int
+    changed: int
+    score: float | None
+    seconds: float
+    segments: list[SegmentInfo]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["seconds"] = round(self.seconds, 2)
+        return data
+
+
+def choose_k(vectors: np.ndarray, k_range: range, *, seed: int = RANDOM_STATE) -> tuple[int, dict[int, float]]:
+    """The K in `k_range` with the best cosine silhouette on a sample."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(seed)
+    sample = vectors[rng.choice(len(vectors), min(len(vectors), SILHOUETTE_SAMPLE), replace=False)]
+    scores: dict[int, float] = {}
+    for k in k_range:
+        if k >= len(sample):
+            break
+        labels = KMeans(n_clusters=k, random_state=seed, n_init=3).fit_predict(sample)
+        scores[k] = float(silhouette_score(sample, labels, metric="cosine"))
+    if not scores:
+        raise InputError(f"too few embedded dores ({len(vectors)}) to choose a number of segments")
+    best = max(scores, key=lambda k: scores[k])
+    return best, scores
+
+
+def _kmeans(vectors: np.ndarray, k: int, init: np.ndarray | None) -> np.ndarray:
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if len(vectors) > MINIBATCH_ABOVE:
+        model: Any = MiniBatchKMeans(
+            n_clusters=k,
+            init=init if init is not None else "k-means++",
+            n_init=1 if init is not None else 3,
+            batch_size=4096,
+            random_state=RANDOM_STATE,
+        )
+    else:
+        model = KMeans(
+            n_clusters=k,
+            init=init if init is not None else "k-means++",
+            n_init=1 if init is not None else 10,
+            random_state=RANDOM_STATE,
+        )
+    return np.asarray(model.fit_predict(vectors))
+
+
+def _read_dores(conn: Connection) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Ids, unit vectors and seed texts of every embedded dor, streamed from a server-side cursor."""
+    n = conn.execute("select count(*) as n from public.dores where embedding is not null").fetchone()["n"]
+    ids = np.empty(n, dtype=np.int64)
+    vectors = None
+    texts: list[str] = []
+    with conn.transaction(), conn.cursor(name="segment_read") as cursor:
+        cursor.itersize = 5000
+        cursor.execute(query("segment_read"))
+        for i, row in enumerate(cursor):
+            if i >= n:
+                break
+            vector = row["embedding"].to_numpy()
+            if vectors is None:
+                vectors = np.empty((n, len(vector)), dtype=np.float32)
+            ids[i] = row["id"]
+            vectors[i] = vector
+            texts.append(row["text"])
+    count = len(texts)
+    if vectors is None:
+        vectors = np.empty((0, 384), dtype=np.float32)
+    return ids[:count], _unit(vectors[:count]), texts
+
+
+def fit_database(
+    conn: Connection,
+    *,
+    clusters: int | str = 8,
+    method: str = "embedding",
+    k_range: range = range(2, 21),
+    max_features: int = 500,
+) -> FitResult:
+    """Fit segments over all embedded dores and make them current, all in one transaction."""
+    if method not in ("embedding", "tfidf"):
+        raise InputError(f"unknown method {method!r}: use embedding or tfidf")
+    started = time.perf_counter()
+    with translate_errors():
+        ids, vectors, texts = _read_dores(conn)
+        if len(ids) < 2:
+            raise InputError(f"only {len(ids)} embedded dores: run `pipeline sync` first (segments need at least 2)")
+        previous = _active_centroids(conn)
+        if clusters == "auto":
+            k, scores = choose_k(vectors, k_range)
+            logger.info("--clusters auto chose K=%d (cosine silhouette %.3f)", k, scores[k])
+        else:
+            k = int(clusters)
+            if k < 2:
+                raise InputError(f"--clusters must be at least 2, got {k}")
+            if k > len(ids):
+                raise InputError(f"{len(ids)} embedded dores cannot make {k} segments: use fewer --clusters")
+        params: dict[str, Any] = {"random_state": RANDOM_STATE}
+        if method == "embedding":
+            warm = previous if previous is not None and len(previous) == k else None
+            labels = _kmeans(vectors, k, warm)
+            params["warm_start"] = warm is not None
+        else:
+            labels, vectorizer, kmeans = fit_tfidf(texts, clusters=k, max_features=max_features)
+            params.update(
+                max_features=max_features,
+                vocabulary={t: int(i) for t, i in vectorizer.vocabulary_.items()},
+                idf=[round(float(x), 6) for x in vectorizer.idf_],
+                tfidf_centroids=[[round(float(x), 6) for x in row] for row in kmeans.cluster_centers_],
+            )
+        present = sorted(set(int(x) for x in labels))
+        centroids = _unit(np.vstack([vectors[labels == c].mean(axis=0) for c in present]))
+        numbers = match_numbers(previous, centroids)
+        renumber = {c: numbers[i] for i, c in enumerate(present)}
+        final = np.asarray([renumber[int(x)] for x in labels], dtype=np.int32)
+        terms = top_terms(texts, final.tolist())
+        score = _silhouette(vectors, final)
+        infos = [
+            SegmentInfo(renumber[c], label_from_terms(terms[renumber[c]]), terms[renumber[c]], int((labels == c).sum()))
+            for c in present
+        ]
+        with conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            model_id = conn.execute(
+                query("insert_segment_model"),
+                {"method": method, "k": k, "params": json.dumps(params), "n_rows": len(ids), "score": score},
+            ).fetchone()["id"]
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    query("insert_segment"),
+                    [
+                        {
+                            "model_id": model_id,
+                            "segmento": info.segmento,
+                            "label": info.label,
+                            "top_terms": info.top_terms,
+                            "size": info.size,
+                            "centroid": centroids[i],
+                        }
+                        for i, info in enumerate(infos)
+                    ],
+                )
+            conn.execute(query("create_segment_staging"))
+            with conn.cursor().copy(query("copy_segment_staging")) as copy:
+                copy.set_types(["int8", "int4"])
+                for row_id, number in zip(ids.tolist(), final.tolist(), strict=True):
+                    copy.write_row((row_id, number))
+            changed = conn.execute(query("apply_segments")).rowcount
+            conn.execute(query("set_segment_model"), {"model_id": str(model_id)})
+    seconds = time.perf_counter() - started
+    logger.info(
+        "segments: %s K=%d over %d dores in %.1fs, %d rows changed segment", method, k, len(ids), seconds, changed
+    )
+    return FitResult(model_id, method, k, len(ids), changed, score, seconds, sorted(infos, key=lambda s: s.segmento))
+
+
+def _silhouette(vectors: np.ndarray, labels: np.ndarray) -> float | None:
+    from sklearn.metrics import silhouette_score
+
+    if len(set(labels.tolist())) < 2:
+        return None
+    rng = np.random.default_rng(RANDOM_STATE)
+    pick = rng.choice(len(vectors), min(len(vectors), SILHOUETTE_SAMPLE), replace=False)
+    if len(set(labels[pick].tolist())) < 2:
+        return None
+    return round(float(silhouette_score(vectors[pick], labels[pick], metric="cosine")), 4)
+
+
+def _active_centroids(conn: Connection) -> np.ndarray | None:
+    rows = conn.execute(query("active_centroids")).fetchall()
+    if not rows:
+        return None
+    size = max(r["segmento"] for r in rows) + 1
+    dimension = len(rows[0]["centroid"].to_numpy())
+    centroids = np.zeros((size, dimension), dtype=np.float32)
+    for r in rows:
+        centroids[r["segmento"]] = r["centroid"].to_numpy()
+    return centroids
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def list_segments(conn: Connection, *, examples: int = 3) -> list[dict[str, Any]]:
+    """The current segments with their label, size, top terms and the dores nearest their centroid."""
+    with translate_errors():
+        rows = conn.execute(query("list_segments"), {"examples": examples}).fetchall()
+    if not rows:
+        raise PipelineError("no segments yet: run `pipeline segment` (after `pipeline sync`)")
+    return [dict(r) for r in rows]
+
+
+def classify(conn: Connection, embedder: Any, text: str) -> dict[str, Any]:
+    """The current segment nearest to `text`, with its label and the cosine similarity."""
+    if not text.strip():
+        raise InputError("the text to classify is empty")
+    vector = embedder.embed([text])[0]
+    with translate_errors():
+        row = conn.execute(query("classify"), {"embedding": vector}).fetchone()
+    if row is None:
+        raise PipelineError("no segments yet: run `pipeline segment` (after `pipeline sync`)")
+    return {**row, "similarity": round(float(row["similarity"]), 4)}
