@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.db import connect
 from pipeline.errors import MigrationError
-from pipeline.migrations import migrate, pending, sql_dir
+from pipeline.migrations import load, migrate, pending, sql_dir
 
 SCHEMA = """
 select 'column' as kind, table_schema || '.' || table_name || '.' || column_name || ' ' || data_type as what
@@ -33,8 +33,10 @@ def snapshot(conn: Any) -> list[tuple[str, str]]:
 
 def test_migrate_twice_changes_nothing(empty_db_url: str) -> None:
     with connect(empty_db_url) as conn:
-        assert pending(conn) == ["0001_init.sql"]
-        assert migrate(conn) == ["0001_init.sql"]
+        names = [m.name for m in load()]
+        assert names[:2] == ["0001_init.sql", "0002_segments.sql"]
+        assert pending(conn) == names
+        assert migrate(conn) == names
         first = snapshot(conn)
         assert migrate(conn) == []
         assert snapshot(conn) == first
@@ -67,8 +69,8 @@ def test_new_migration_is_applied_after_the_old_ones(empty_db_url: str, tmp_path
     shutil.copytree(sql_dir(), directory)
     with connect(empty_db_url) as conn:
         migrate(conn, directory)
-        (directory / "0002_extra.sql").write_text("create table pipeline.extra (x int);")
-        assert migrate(conn, directory) == ["0002_extra.sql"]
+        (directory / "9999_extra.sql").write_text("create table pipeline.extra (x int);")
+        assert migrate(conn, directory) == ["9999_extra.sql"]
         assert conn.execute("select to_regclass('pipeline.extra') is not null as ok").fetchone()["ok"]
 
 
