@@ -46,7 +46,9 @@ class Backoff:
 class Daemon:
     """Drain the queue whenever a notification arrives, and every `interval` seconds regardless."""
 
-    def __init__(self, *, settings: Settings, url: str, worker: Worker | None = None) -> None:
+    def __init__(
+        self, *, settings: Settings, url: str, worker: Worker | None = None, metrics_port: int | None = None
+    ) -> None:
         self.settings = settings
         self.url = url
         self.worker: Worker = worker  # type: ignore[assignment]  # set by serve() when None
@@ -59,6 +61,8 @@ class Daemon:
         self._conn: Connection | None = None
         self._spare: Connection | None = None
         self._scheduler: Any = None
+        self.metrics_port = metrics_port
+        self.metrics: Any = None
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -71,7 +75,7 @@ class Daemon:
                 self.wake.clear()
                 try:
                     conn, spare = self._connections()
-                    report = self.worker.drain(conn, spare=spare, stop=self.stop)
+                    report = self.worker.drain(conn, spare=spare, stop=self.stop, on_batch=self._on_batch)
                 except DatabaseError as exc:
                     self._drop_connection()
                     delay = backoff.next()
@@ -80,6 +84,8 @@ class Daemon:
                     continue
                 backoff.reset()
                 self.last_loop = time.time()
+                if self.metrics is not None:
+                    self.metrics.last_loop.set(self.last_loop)
                 self.totals.add(report)
                 if not self.wake.is_set():
                     break
@@ -87,6 +93,39 @@ class Daemon:
             self.idle.set()
             if self.wake.is_set() and not self.stop.is_set():
                 self._schedule_now()  # a notification raced with the end of this run
+
+    def _on_batch(self, report: SyncReport) -> None:
+        self.last_loop = time.time()  # a committed batch is progress, even in a long backlog
+        if self.metrics is not None:
+            self.metrics.observe_batch(report.source, report)
+
+    def lag_job(self) -> None:
+        """Refresh the queue gauges (metrics only)."""
+        from pipeline.db import query
+
+        try:
+            with connect(self.url, connect_timeout=5) as conn:
+                self.metrics.observe_lag(conn.execute(query("status_lag")).fetchall())
+        except PipelineError as exc:
+            logger.debug("lag metrics not refreshed: %s", exc)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """200 when the database answers and the drain loop ran recently, 503 otherwise."""
+        from pipeline.metrics import loop_is_recent
+
+        try:
+            with connect(self.url, connect_timeout=2) as conn:
+                conn.execute("select 1")
+            database = True
+        except PipelineError:
+            database = False
+        recent = loop_is_recent(self.last_loop, self.settings.interval)
+        detail = {
+            "database": "ok" if database else "unreachable",
+            "last_loop_age_s": round(time.time() - self.last_loop, 1) if self.last_loop else None,
+            "loop": "ok" if recent else "stale",
+        }
+        return database and recent, detail
 
     def _connections(self) -> tuple[Connection, Connection]:
         """The work connection and a spare one (the previous batch commits on it), reopened if lost."""
@@ -232,6 +271,14 @@ class Daemon:
         scheduler.add_job(
             self.growth_job, "interval", seconds=GROWTH_CHECK_S, id="segment-growth", max_instances=1, coalesce=True
         )
+        if self.metrics_port is not None:
+            from pipeline.metrics import Metrics, serve
+
+            self.metrics = Metrics()
+            self.metrics.model_load_seconds.set(getattr(self.worker.embedder, "load_seconds", 0.0))
+            http = serve(port=self.metrics_port, host="0.0.0.0", metrics=self.metrics, health=self.health)
+            scheduler.add_job(self.lag_job, "interval", seconds=10, id="lag", max_instances=1, coalesce=True)
+            scheduler.add_job(self.lag_job, id="lag-now")
         self._scheduler = scheduler
         scheduler.start()
         listener = threading.Thread(target=self.listen, name="listener", daemon=True)
@@ -244,6 +291,8 @@ class Daemon:
         )
         self.stop.wait()
         scheduler.shutdown(wait=False)
+        if self.metrics_port is not None:
+            http.shutdown()
         if not self.idle.wait(SHUTDOWN_GRACE_S):
             # The open transaction is rolled back when the process exits; its rows are claimed again.
             logger.warning("batch still running after %.0fs; exiting, it will be rolled back", SHUTDOWN_GRACE_S)

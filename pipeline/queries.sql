@@ -9,6 +9,8 @@ values ('model', %(model)s), ('dimension', %(dimension)s::text)
 on conflict (key) do nothing
 
 -- set_model --
+-- Segments were fitted in the old model's space: none is active until the next fit.
+with forget as (delete from pipeline.state where key = 'segment_model')
 insert into pipeline.state (key, value, updated_at)
 values ('model', %(model)s, now()), ('dimension', %(dimension)s::text, now())
 on conflict (key) do update set value = excluded.value, updated_at = now()
@@ -178,6 +180,7 @@ delete from public.document_chunks;
 update public.documents set embedding_model = null, content_hash = null, embedded_at = null where embedded_at is not null;
 alter table public.dores alter column embedding type vector({dim});
 alter table public.document_chunks alter column embedding type vector({dim});
+delete from public.segments;
 create index dores_embedding_idx on public.dores using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64);
 create index document_chunks_embedding_idx on public.document_chunks using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)
 
@@ -244,3 +247,32 @@ select m.n_rows,
        m.created_at
 from pipeline.segment_models m
 where m.id = pipeline.active_segment_model()
+
+-- match_documents --
+select id, content, metadata, similarity
+from public.match_documents(query_embedding => %(embedding)s, match_count => %(k)s, filter => %(filter)s::jsonb)
+
+-- match_documents_hybrid --
+select id, content, metadata, similarity, score
+from public.match_documents_hybrid(%(text)s, %(embedding)s, %(k)s, filter => %(filter)s::jsonb)
+
+-- insert_document --
+insert into public.documents (title, content, metadata) values (%(title)s, %(content)s, %(metadata)s::jsonb)
+returning id
+
+-- list_failed --
+select source, row_id, attempts, error, failed_at from pipeline.failed
+where (%(source)s::text is null or source = %(source)s)
+order by failed_at desc, source, row_id
+
+-- retry_failed --
+with moved as (
+    delete from pipeline.failed
+    where (%(source)s::text is null or source = %(source)s)
+      and (%(row_id)s::bigint is null or row_id = %(row_id)s)
+    returning source, row_id
+)
+insert into pipeline.queue (source, row_id)
+select source, row_id from moved
+on conflict (source, row_id) do update set attempts = 0, next_attempt_at = now(), last_error = null
+returning source, row_id

@@ -41,10 +41,12 @@ class SyncReport:
     chunks: int = 0
     batches: int = 0
     seconds: float = 0.0
+    source: str = ""
 
     def add(self, other: SyncReport) -> None:
         for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+            if field.name != "source":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
     @property
     def claimed(self) -> int:
@@ -53,6 +55,7 @@ class SyncReport:
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["seconds"] = round(self.seconds, 3)
+        data.pop("source")
         return data
 
 
@@ -155,7 +158,15 @@ class Worker:
                     return None
                 read = "read_dores" if source == "dores" else "read_documents"
                 rows = conn.execute(query(read), {"ids": list(claimed), "model": self.embedder.name}).fetchall()
-                batch = Batch(conn, source, claimed, [], set(claimed) - {r["id"] for r in rows}, SyncReport(), started)
+                batch = Batch(
+                    conn,
+                    source,
+                    claimed,
+                    [],
+                    set(claimed) - {r["id"] for r in rows},
+                    SyncReport(source=source),
+                    started,
+                )
                 batch.report.deleted = len(batch.finished)  # source row gone: nothing to do
                 for row in rows:
                     if row["current"]:

@@ -17,7 +17,7 @@ create table if not exists public.segments (
     label text not null,
     top_terms text[] not null default '{}',
     size int not null,
-    centroid vector(384) not null,
+    centroid vector not null,  -- no fixed dimension: it follows the model (pipeline reembed)
     primary key (model_id, segmento)
 );
 

@@ -123,3 +123,50 @@ def test_kill_9_during_sync_loses_nothing(db_url: str) -> None:
         assert count(conn) == 2000
         assert conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"] == 0
         assert conn.execute("select count(*) as n from pipeline.failed").fetchone()["n"] == 0
+
+
+def test_metrics_and_health_endpoints(db_url: str) -> None:
+    import re
+    import urllib.error
+    import urllib.request
+
+    daemon = start(["run", "--metrics-port", "0", "--interval", "300"], db_url)
+    try:
+        lines = wait_for_line(daemon, "ready:")
+        port = int(re.search(r"http://[^:]+:(\d+)/metrics", "".join(lines)).group(1))  # type: ignore[union-attr]
+        with connect(db_url) as conn:
+            conn.execute("insert into dores (dor_base) select 'dor ' || g from generate_series(1, 5) g")
+            conn.execute("insert into dores (dor_base) values ('  ')")
+        deadline = time.monotonic() + 30
+        body = ""
+        while time.monotonic() < deadline:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            if 'pipeline_rows_embedded_total{table="dores"} 5.0' in body:
+                break
+            time.sleep(0.2)
+        assert 'pipeline_rows_embedded_total{table="dores"} 5.0' in body
+        assert 'pipeline_rows_failed_total{table="dores"} 1.0' in body
+        assert "pipeline_batch_seconds_bucket" in body and "pipeline_model_load_seconds" in body
+        assert "pipeline_queue_depth" in body and "pipeline_last_loop_timestamp_seconds" in body
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200 and json.loads(health.read())["database"] == "ok"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+
+
+def test_health_is_503_when_the_database_is_gone(db_url: str) -> None:
+    import time as clock
+
+    from pipeline.config import Settings
+    from pipeline.daemon import Daemon
+
+    daemon = Daemon(settings=Settings(), url="postgresql://nobody:secret@127.0.0.1:1/none")
+    daemon.last_loop = clock.time()
+    ok, detail = daemon.health()
+    assert not ok and detail["database"] == "unreachable"
+    fresh = Daemon(settings=Settings(), url=db_url)
+    ok, detail = fresh.health()
+    assert not ok and detail == {"database": "ok", "last_loop_age_s": None, "loop": "stale"}
+    fresh.last_loop = clock.time()
+    assert fresh.health()[0]

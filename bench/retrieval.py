@@ -1,0 +1,114 @@
+"""HNSW quality and speed of `match_documents` over many chunks (default 100,000).
+
+Vectors are synthetic but shaped like sentence embeddings: unit vectors scattered around 2,000 topic
+centres. Recall@10 of the HNSW index (m 16, ef_construction 64) is measured against an exact scan for
+several `hnsw.ef_search` values, with the latency of the SQL call (median and p95).
+
+    python bench/retrieval.py [--rows 100000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, scratch_database, table
+
+
+def vectors(n: int, topics: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(topics, 384))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, topics, n)] + rng.normal(scale=0.06, size=(n, 384))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+
+    from pipeline.db import connect
+
+    data = vectors(args.rows + args.queries, topics=2000, seed=3)
+    corpus, queries = data[: args.rows], data[args.rows :]
+    rows = []
+    with scratch_database() as url, connect(url) as conn:
+        conn.execute("drop index document_chunks_embedding_idx")
+        conn.execute("alter table documents disable trigger user")
+        doc = conn.execute("insert into documents (title, content) values ('bench', 'x') returning id").fetchone()["id"]
+        with (
+            conn.transaction(),
+            conn.cursor().copy(
+                "copy document_chunks (document_id, chunk_index, content, embedding, embedding_model, content_hash) "
+                "from stdin (format binary)"
+            ) as copy,
+        ):
+            copy.set_types(["int8", "int4", "text", "vector", "text", "text"])
+            for i, vector in enumerate(corpus):
+                copy.write_row((doc, i, f"chunk {i}", vector, "synthetic", "x"))
+        started = time.perf_counter()
+        conn.execute("set maintenance_work_mem = '1GB'")
+        conn.execute(
+            "create index document_chunks_embedding_idx on document_chunks "
+            "using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)"
+        )
+        build_s = time.perf_counter() - started
+        conn.execute("analyze document_chunks")
+
+        exact = []
+        for q in queries:
+            ids = conn.execute(
+                "select id from document_chunks order by (embedding <=> %s) + 0 limit 10", (q,)
+            ).fetchall()
+            exact.append({r["id"] for r in ids})
+        for ef in (40, 64, 100, 200):
+            recalls, latencies = [], []
+            with conn.transaction():
+                conn.execute(f"set local hnsw.ef_search = {ef}")
+                for q, truth in zip(queries, exact, strict=True):
+                    t0 = time.perf_counter()
+                    got = conn.execute(
+                        "select id from document_chunks order by embedding <=> %s limit 10", (q,)
+                    ).fetchall()
+                    latencies.append(1000 * (time.perf_counter() - t0))
+                    recalls.append(len({r["id"] for r in got} & truth) / 10)
+            latencies.sort()
+            rows.append(
+                [
+                    ef,
+                    f"{statistics.mean(recalls):.4f}",
+                    f"{latencies[len(latencies) // 2]:.2f}",
+                    f"{latencies[int(len(latencies) * 0.95)]:.2f}",
+                ]
+            )
+        # match_documents itself (it sets ef_search = 100 for its own call)
+        recalls, latencies = [], []
+        for q, truth in zip(queries, exact, strict=True):
+            t0 = time.perf_counter()
+            got = conn.execute("select id from match_documents(%s, 10)", (q,)).fetchall()
+            latencies.append(1000 * (time.perf_counter() - t0))
+            recalls.append(len({r["id"] for r in got} & truth) / 10)
+        latencies.sort()
+        rows.append(
+            [
+                "match_documents (100)",
+                f"{statistics.mean(recalls):.4f}",
+                f"{latencies[len(latencies) // 2]:.2f}",
+                f"{latencies[int(len(latencies) * 0.95)]:.2f}",
+            ]
+        )
+    print(f"\nmachine: {machine()}; {args.rows} chunks, {args.queries} queries; HNSW build {build_s:.0f}s\n")
+    print(table(["hnsw.ef_search", "recall@10", "median ms", "p95 ms"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Switching models: same dimension, and a new dimension (the vector columns are altered)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.db import connect
+from tests.conftest import run_cli
+
+
+def _seed(db_url: str) -> None:
+    with connect(db_url) as conn:
+        conn.execute("insert into dores (dor_base) select 'dor ' || g from generate_series(1, 30) g")
+        conn.execute("insert into documents (title, content) values ('Doc', 'Um documento curto.')")
+    assert run_cli("sync", db_url=db_url).returncode == 0
+
+
+def test_reembed_with_a_smaller_model_alters_the_columns(db_url: str, tmp_path: Path, embedder: Any) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    from pipeline.embedding import bundled_model_path
+
+    torch.manual_seed(0)
+    base = SentenceTransformer(str(bundled_model_path()))
+    dense = models.Dense(in_features=384, out_features=128, bias=False, activation_function=torch.nn.Identity())
+    small = SentenceTransformer(modules=[*base, dense])
+    small_dir = tmp_path / "minilm-128"
+    small.save(str(small_dir))
+
+    _seed(db_url)
+    refused = run_cli("sync", "--model", str(small_dir), db_url=db_url, timeout=120)
+    assert refused.returncode == 1 and "pipeline reembed --model" in refused.stderr
+
+    result = run_cli("reembed", "--model", str(small_dir), "--json", db_url=db_url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["embedded"] == 31
+    with connect(db_url) as conn:
+        state = {r["key"]: r["value"] for r in conn.execute("select key, value from pipeline.state")}
+        assert state["model"] == str(small_dir.resolve()) and state["dimension"] == "128"
+        row = conn.execute("select dor_base, embedding, embedding_model from dores order by id limit 1").fetchone()
+        assert len(row["embedding"].to_numpy()) == 128 and row["embedding_model"] == str(small_dir.resolve())
+        expected = small.encode([row["dor_base"]], normalize_embeddings=True)[0]
+        assert float(np.dot(row["embedding"].to_numpy(), expected)) >= 0.999
+        assert conn.execute("select count(*) as n from dores where embedding is null").fetchone()["n"] == 0
+    found = run_cli("search", "dor 7", "--json", db_url=db_url)  # queries use the new model
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)) == 5
+
+
+def test_reembed_needs_a_model(db_url: str) -> None:
+    result = run_cli("reembed", db_url=db_url, timeout=60)
+    assert result.returncode == 1 and "reembed needs the new model" in result.stderr
