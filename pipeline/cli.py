@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="HTTP API for n8n and the app: /ml/embed, /ml/segmentar, /ml/classify, /ml/search, /healthz",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+
     p = sub.add_parser("db", parents=[common], help="the embedded server: `db url` for psql, `db stop`")
     p.add_argument("action", choices=["url", "stop"])
 

@@ -432,6 +432,31 @@ def _query_embedder(conn: Any, settings: Settings) -> Any:
     return SentenceTransformerEmbedder(model=resolved, device=settings.device)
 
 
+@command("serve")
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from pipeline.api import create_app, is_loopback
+    from pipeline.db import database_url
+    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
+    from pipeline.sync import check_model, recorded_model
+
+    if not is_loopback(args.host) and not settings.api_token:
+        raise InputError(f"refusing to serve on {args.host} without PIPELINE_API_TOKEN (loopback hosts only)")
+    url = database_url(settings)
+    with _connection(settings) as conn:
+        recorded, _ = recorded_model(conn)
+        resolved = resolve_model(settings.model, recorded)
+        check_model(conn, resolved.name)
+    embedder = SentenceTransformerEmbedder(
+        model=resolved, device=settings.device, batch_size=settings.batch_size, max_chars=settings.max_chars
+    )
+    app = create_app(settings=settings, url=url, embedder=embedder)
+    logger.info("serving on http://%s:%d (OpenAPI at /openapi.json)", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 @command("db")
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.db import database_url, stop_embedded

@@ -29,9 +29,11 @@ class Settings:
     """`PIPELINE_MODEL`: a hub name or a local directory; unset means 'as recorded, else the default'."""
     device: str | None = None
     """`PIPELINE_DEVICE`: cpu, cuda, mps; unset lets sentence-transformers pick."""
+    threads: int | None = None
+    """`PIPELINE_THREADS`: torch threads (unset: all cores; with several workers on one machine, cores ÷ workers)."""
     batch_size: int = 64
     """`PIPELINE_BATCH_SIZE`: texts per model call."""
-    claim_size: int = 512
+    claim_size: int = 256
     """`PIPELINE_CLAIM_SIZE`: queue rows claimed (and committed) together."""
     interval: float = 30.0
     """`PIPELINE_INTERVAL`: seconds between polls when no notification arrives."""
@@ -53,6 +55,14 @@ class Settings:
     """`PIPELINE_SEGMENT_CRON`: when the daemon refits segments (crontab, UTC)."""
     segment_growth: float = 0.2
     """`PIPELINE_SEGMENT_GROWTH`: refit when embedded dores grew by this share since the last fit."""
+    api_token: str | None = None
+    """`PIPELINE_API_TOKEN`: bearer token for the HTTP API's /ml/* routes."""
+    api_max_texts: int = 256
+    """`PIPELINE_API_MAX_TEXTS`: texts per HTTP call."""
+    api_max_chars: int = 20_000
+    """`PIPELINE_API_MAX_CHARS`: characters per text in an HTTP call."""
+    api_max_body: int = 2_000_000
+    """`PIPELINE_API_MAX_BODY`: bytes per HTTP request body."""
     log_level: str = "INFO"
     """`PIPELINE_LOG_LEVEL`."""
 

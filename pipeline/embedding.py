@@ -132,8 +132,13 @@ class SentenceTransformerEmbedder:
         device: str | None = None,
         batch_size: int = 64,
         max_chars: int = 100_000,
+        threads: int | None = None,
     ) -> None:
         started = time.perf_counter()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         try:
             from sentence_transformers import SentenceTransformer
 

@@ -390,7 +390,11 @@ def prepare_worker(
     resolved = resolve_model(settings.model, recorded)
     check_model(conn, resolved.name)
     embedder = SentenceTransformerEmbedder(
-        model=resolved, device=settings.device, batch_size=settings.batch_size, max_chars=settings.max_chars
+        model=resolved,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        max_chars=settings.max_chars,
+        threads=settings.threads,
     )
     record_model(conn, embedder)
     return Worker(embedder=embedder, settings=settings, before_write=before_write)

@@ -154,7 +154,7 @@ def test_four_workers_embed_every_row_once(db_url: str) -> None:
             "insert into documents (title, content) select 'Doc ' || g, repeat('Parágrafo sobre atrasos na entrega. ', 80) "
             "from generate_series(1, 40) g"
         )
-    workers = [start(["sync", "--json"], db_url, PIPELINE_CLAIM_SIZE="250") for _ in range(4)]
+    workers = [start(["sync", "--json"], db_url, PIPELINE_CLAIM_SIZE="250", PIPELINE_THREADS="1") for _ in range(4)]
     outputs = [w.communicate(timeout=900) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0, 0], [e for _, e in outputs]
     reports = [json.loads(out) for out, _ in outputs]

@@ -92,3 +92,9 @@ def test_import_docs_then_search_documents(db_url: str, tmp_path: Path) -> None:
     assert json.loads(hybrid.stdout)[0]["title"] == "notas reuniao"
     bad = run_cli("search", "x", "--table", "documents", "--filter", "[1]", db_url=db_url)
     assert bad.returncode == 1 and "must be a JSON object" in bad.stderr
+
+
+def test_serve_refuses_a_public_host_without_a_token(db_url: str) -> None:
+    result = run_cli("serve", "--host", "0.0.0.0", db_url=db_url, timeout=60)
+    assert result.returncode == 1
+    assert "without PIPELINE_API_TOKEN" in result.stderr

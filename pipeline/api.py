@@ -1,0 +1,325 @@
+"""HTTP API for n8n and the app: embed, segmentar, classify, search; the model loaded once at start."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.config import Settings
+from pipeline.errors import DatabaseError, InputError, PipelineError
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- request and response bodies -----------------------------------------------------------------
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, description="one text")
+    texts: list[str] | None = Field(None, description="several texts, embedded in one model call")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embedding: list[float] | None = None
+    embeddings: list[list[float]] | None = None
+
+
+class DorRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    dor_base: str
+    solucao_graventum: str | None = None
+
+
+class SegmentarRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[DorRow]
+    clusters: int = Field(8, ge=2, le=100)
+    max_features: int = Field(500, ge=1, le=100_000)
+
+
+class SegmentarResponse(BaseModel):
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+class ClassifyResponse(BaseModel):
+    segmento: int
+    label: str
+    top_terms: list[str]
+    similarity: float
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    table: Literal["dores", "documents"] = "dores"
+    k: int = Field(5, ge=1, le=100)
+    hybrid: bool = False
+    filter: dict[str, Any] = Field(default_factory=dict)
+    segmento: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503)}
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"request body over {self.limit} bytes")
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except ApiError:
+            await _too_large(send, self.limit)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"error": f"request body over {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
+    """The ASGI app. `embedder` is loaded once by the caller; database connections come from a pool."""
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+
+    from pipeline.db import register_vector
+
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        configure=register_vector,
+        check=ConnectionPool.check_connection,
+    )
+    model_lock = threading.Lock()  # one model call at a time: torch already uses every core
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        yield
+        pool.close()
+
+    app = FastAPI(
+        title="pipeline ML API",
+        version="1.0",
+        description="Embeddings, segments and search for n8n and the app. Every /ml/* route takes "
+        "`Authorization: Bearer $PIPELINE_API_TOKEN` when a token is configured.",
+        lifespan=lifespan,
+    )
+
+    def authorize(request: Request) -> None:
+        if not settings.api_token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.api_token):
+            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer ...)")
+
+    def check(texts: list[str]) -> None:
+        if not texts:
+            raise ApiError(422, "no text given")
+        if len(texts) > settings.api_max_texts:
+            raise ApiError(413, f"{len(texts)} texts in one call; the limit is {settings.api_max_texts}")
+        for i, text in enumerate(texts):
+            if len(text) > settings.api_max_chars:
+                raise ApiError(413, f"text {i} has {len(text)} characters; the limit is {settings.api_max_chars}")
+
+    def embed(texts: list[str]) -> Any:
+        check(texts)
+        with model_lock:
+            return embedder.embed(texts)
+
+    def with_connection(work: Callable[[Any], Any]) -> Any:
+        try:
+            with pool.connection(timeout=10) as conn:
+                return work(conn)
+        except PipelineError:
+            raise
+        except Exception as exc:  # pool timeout or a dropped connection
+            raise DatabaseError(f"database unavailable: {type(exc).__name__}") from exc
+
+    @app.exception_handler(ApiError)
+    def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(InputError)
+    def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(DatabaseError)
+    def _database_error(_: Request, exc: DatabaseError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.exception_handler(PipelineError)
+    def _pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"{where or 'body'}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    secured = [Depends(authorize)]
+
+    @app.post(
+        "/ml/embed",
+        response_model=EmbedResponse,
+        response_model_exclude_none=True,
+        dependencies=secured,
+        responses=ERRORS,
+    )
+    def ml_embed(body: EmbedRequest) -> dict[str, Any]:
+        """`{"text"}` → `{"embedding"}`; `{"texts"}` → `{"embeddings"}` (same vectors as `pipeline embed`)."""
+        if (body.text is None) == (body.texts is None):
+            raise ApiError(422, 'give exactly one of "text" or "texts"')
+        if body.text is not None:
+            return {"model": embedder.name, "embedding": embed([body.text])[0].tolist()}
+        return {"model": embedder.name, "embeddings": embed(list(body.texts or [])).tolist()}
+
+    @app.post("/ml/segmentar", response_model=SegmentarResponse, dependencies=secured, responses=ERRORS)
+    def ml_segmentar(body: SegmentarRequest) -> dict[str, Any]:
+        """The seed's CSV mode over JSON: TF-IDF + KMeans on the rows given; each row comes back with `segmento`."""
+        from pipeline.segments import fit_tfidf, seed_text
+
+        if len(body.rows) > settings.api_max_texts * 40:
+            raise ApiError(413, f"{len(body.rows)} rows in one call; the limit is {settings.api_max_texts * 40}")
+        rows = [row.model_dump() for row in body.rows]
+        labels, _, _ = fit_tfidf(
+            seed_text([r["dor_base"] for r in rows], [r["solucao_graventum"] for r in rows]),
+            clusters=body.clusters,
+            max_features=body.max_features,
+        )
+        counts: dict[str, int] = {}
+        for row, label in zip(rows, labels, strict=True):
+            row["segmento"] = int(label)
+            counts[str(int(label))] = counts.get(str(int(label)), 0) + 1
+        return {"rows": rows, "counts": dict(sorted(counts.items(), key=lambda kv: int(kv[0])))}
+
+    @app.post("/ml/classify", response_model=ClassifyResponse, dependencies=secured, responses=ERRORS)
+    def ml_classify(body: ClassifyRequest) -> dict[str, Any]:
+        """Which stored segment a text (a lead's pain) belongs to, its label and the similarity."""
+        from pipeline.db import query
+
+        if not body.text.strip():
+            raise ApiError(422, "text is empty")
+        vector = embed([body.text])[0]
+
+        def work(conn: Any) -> Any:
+            return conn.execute(query("classify"), {"embedding": vector}).fetchone()
+
+        row = with_connection(work)
+        if row is None:
+            raise ApiError(400, "no segments yet: run `pipeline segment` (after `pipeline sync`)")
+        return {**row, "similarity": round(float(row["similarity"]), 4)}
+
+    @app.post("/ml/search", dependencies=secured, responses=ERRORS)
+    def ml_search(body: SearchRequest) -> list[dict[str, Any]]:
+        """Results as `pipeline search --json` prints them (dores, or document chunks with `hybrid`, `filter`)."""
+        from pipeline.search import search_documents, search_dores
+
+        if not body.query.strip():
+            raise ApiError(422, "query is empty")
+        check([body.query])
+
+        class Locked:
+            name = embedder.name
+            dimension = embedder.dimension
+            max_tokens = embedder.max_tokens
+
+            def embed(self, texts: list[str]) -> Any:
+                with model_lock:
+                    return embedder.embed(texts)
+
+        def work(conn: Any) -> Any:
+            if body.table == "documents":
+                return search_documents(conn, Locked(), body.query, k=body.k, hybrid=body.hybrid, filter=body.filter)
+            return search_dores(conn, Locked(), body.query, k=body.k, segmento=body.segmento)
+
+        return with_connection(work)  # type: ignore[no-any-return]
+
+    @app.get("/healthz", responses={503: {"model": ErrorResponse}})
+    def healthz() -> JSONResponse:
+        """200 when the model is loaded and the database answers."""
+        try:
+            with_connection(lambda conn: conn.execute("select 1"))
+        except DatabaseError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "model": embedder.name})
+
+    return BodyLimit(app, settings.api_max_body)  # type: ignore[return-value]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

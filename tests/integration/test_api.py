@@ -1,0 +1,163 @@
+"""The HTTP API against the real model and database: routes, auth, limits, a schema fuzz, concurrency."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+from pipeline.config import Settings
+from pipeline.csvio import import_dores
+from pipeline.segments import fit_database
+from tests.conftest import ROOT
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def make_app(db_url: str, embedder: Any, **limits: Any) -> Any:
+    from pipeline.api import create_app
+
+    settings = Settings(api_token=TOKEN, **limits)
+    return create_app(settings=settings, url=db_url, embedder=embedder)
+
+
+@pytest.fixture
+def client(db_url: str, embedder: Any, conn: Any, worker: Any) -> Any:
+    import_dores(conn, ROOT / "pipeline" / "data" / "dores_exemplo.csv")
+    conn.execute(
+        "insert into documents (title, content) values ('Proposta', 'Confirmação automática de consultas na clínica.')"
+    )
+    worker.drain(conn)
+    fit_database(conn, clusters=6)
+    with TestClient(make_app(db_url, embedder, api_max_texts=32, api_max_chars=2000, api_max_body=200_000)) as test:
+        yield test
+
+
+def test_embed_one_and_many(client: Any, embedder: Any) -> None:
+    one = client.post("/ml/embed", json={"text": "Estoque não bate"}, headers=AUTH)
+    assert one.status_code == 200
+    body = one.json()
+    assert body["model"] == embedder.name and "embeddings" not in body
+    expected = embedder.model.encode(["Estoque não bate"], normalize_embeddings=True)[0]
+    assert float(np.dot(np.asarray(body["embedding"]), expected)) >= 0.9999
+    many = client.post("/ml/embed", json={"texts": ["a", "b"]}, headers=AUTH).json()
+    assert len(many["embeddings"]) == 2 and len(many["embeddings"][0]) == 384
+
+
+def test_segmentar_classify_search(client: Any) -> None:
+    rows = [
+        {"dor_base": f"dor {i} sobre estoque da loja", "solucao_graventum": "integração", "id": i} for i in range(6)
+    ]
+    rows += [{"dor_base": f"dor {i} sobre consultas da clínica", "solucao_graventum": "agenda"} for i in range(6)]
+    seg = client.post("/ml/segmentar", json={"rows": rows, "clusters": 2}, headers=AUTH)
+    assert seg.status_code == 200, seg.text
+    out = seg.json()
+    assert [r["dor_base"] for r in out["rows"]] == [r["dor_base"] for r in rows] and out["rows"][0]["id"] == 0
+    assert (
+        len({r["segmento"] for r in out["rows"][:6]}) == 1 and out["rows"][0]["segmento"] != out["rows"][6]["segmento"]
+    )
+    assert sum(out["counts"].values()) == 12
+
+    cls = client.post("/ml/classify", json={"text": "a clínica perde pacientes que faltam"}, headers=AUTH)
+    assert cls.status_code == 200 and {"segmento", "label", "similarity", "top_terms"} <= set(cls.json())
+
+    dores = client.post("/ml/search", json={"query": "pacientes faltam às consultas", "k": 3}, headers=AUTH).json()
+    assert len(dores) == 3 and "consulta" in dores[0]["dor_base"].lower()
+    docs = client.post(
+        "/ml/search", json={"query": "consultas", "table": "documents", "hybrid": True}, headers=AUTH
+    ).json()
+    assert docs[0]["title"] == "Proposta" and "score" in docs[0]
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_auth_limits_and_errors(client: Any) -> None:
+    assert client.post("/ml/embed", json={"text": "x"}).status_code == 401
+    wrong = client.post("/ml/embed", json={"text": "x"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "bearer token" in wrong.json()["error"]
+    too_many = client.post("/ml/embed", json={"texts": ["x"] * 33}, headers=AUTH)
+    assert too_many.status_code == 413 and "limit is 32" in too_many.json()["error"]
+    too_long = client.post("/ml/embed", json={"text": "x" * 2001}, headers=AUTH)
+    assert too_long.status_code == 413
+    huge = client.post(
+        "/ml/embed",
+        content=b'{"text": "' + b"x" * 300_000 + b'"}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert huge.status_code == 413 and "body over" in huge.json()["error"]
+    both = client.post("/ml/embed", json={"text": "a", "texts": ["b"]}, headers=AUTH)
+    assert both.status_code == 422 and "exactly one" in both.json()["error"]
+    bad = client.post("/ml/search", json={"query": "x", "k": 0}, headers=AUTH)
+    assert bad.status_code == 422 and bad.json()["error"].startswith("k:")
+    assert (
+        client.post("/ml/embed", content=b"{not json", headers={**AUTH, "content-type": "application/json"}).status_code
+        == 422
+    )
+    assert client.get("/openapi.json").json()["paths"].keys() >= {
+        "/ml/embed",
+        "/ml/segmentar",
+        "/ml/classify",
+        "/ml/search",
+    }
+
+
+def test_fuzz_of_the_openapi_schema_finds_no_server_error(db_url: str, embedder: Any) -> None:
+    from hypothesis import given
+
+    app = make_app(db_url, embedder, api_max_texts=4, api_max_chars=200, api_max_body=20_000)
+    with TestClient(app):  # runs the lifespan: the connection pool opens
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) >= 5
+        calls: list[int] = []
+        for operation in operations:
+
+            @given(case=operation.as_strategy())
+            @hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+            def run(case: Any) -> None:
+                response = case.call(headers=AUTH)
+                calls.append(response.status_code)
+                assert response.status_code < 500, (case.path, response.status_code, response.text)
+
+            run()
+        assert len(calls) >= 50 and any(code == 200 for code in calls)
+
+
+def test_fifty_concurrent_requests(db_url: str, embedder: Any) -> None:
+    import httpx
+    import uvicorn
+
+    app = make_app(db_url, embedder)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        texts = [f"dor número {i} do cliente" for i in range(50)]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as http:
+
+            def call(text: str) -> list[float]:
+                response = http.post("/ml/embed", json={"text": text})
+                assert response.status_code == 200
+                return response.json()["embedding"]  # type: ignore[no-any-return]
+
+            with ThreadPoolExecutor(max_workers=50) as pool:
+                vectors = list(pool.map(call, texts))
+        expected = embedder.embed(texts)
+        assert all(float(np.dot(v, e)) >= 0.9999 for v, e in zip(vectors, expected, strict=True))
+    finally:
+        server.should_exit = True
+        thread.join(10)
