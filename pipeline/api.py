@@ -87,7 +87,7 @@ class SearchRequest(BaseModel):
     k: int = Field(5, ge=1, le=100)
     hybrid: bool = False
     filter: dict[str, Any] = Field(default_factory=dict)
-    segmento: int | None = None
+    segmento: int | None = Field(None, ge=0, le=2**31 - 1)
 
 
 class ErrorResponse(BaseModel):

@@ -99,11 +99,15 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     with _worker_connections(settings) as (conn, spare):
         worker = prepare_worker(conn, settings)
         report = worker.drain(conn, _sources(args.table), spare=spare)
+    return _print_report(args, report, "sync")
+
+
+def _print_report(args: argparse.Namespace, report: Any, what: str) -> int:
     if args.json:
         _print_json(report.as_dict())
     else:
         print(
-            f"embedded {report.embedded} rows ({report.chunks} chunks), {report.unchanged} unchanged, "
+            f"{what}: embedded {report.embedded} rows ({report.chunks} chunks), {report.unchanged} unchanged, "
             f"{report.deleted} gone, {report.retried} to retry, {report.failed} failed in {report.seconds:.1f}s"
         )
     return 0
@@ -128,14 +132,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
             print(f"interrupted: {left} rows still queued; run the same command again to continue", file=sys.stderr)
             return 130
         progress.close()
-    if args.json:
-        _print_json(report.as_dict())
-    else:
-        print(
-            f"backfill: embedded {report.embedded} rows ({report.chunks} chunks), {report.unchanged} unchanged, "
-            f"{report.failed} failed, {report.retried} to retry, in {report.seconds:.1f}s"
-        )
-    return 0
+    return _print_report(args, report, "backfill")
 
 
 @command("reembed")

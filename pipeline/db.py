@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pipeline.config import Settings, redact
-from pipeline.errors import DatabaseError, PipelineError
+from pipeline.errors import DatabaseError, InputError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def translate_errors() -> Iterator[None]:
         raise
     except psycopg.Error as exc:
         message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        if isinstance(exc, psycopg.errors.DataError):  # SQLSTATE class 22: the value given is unusable
+            raise InputError(f"invalid input: {message}") from exc
         raise DatabaseError(f"database error: {message}") from exc
 
 

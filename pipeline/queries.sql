@@ -170,7 +170,7 @@ from pipeline.lag
 
 -- match_dores --
 select id, dor_base, solucao_graventum, segmento, similarity
-from public.match_dores(%(embedding)s, %(k)s, %(segmento)s)
+from public.match_dores(%(embedding)s, %(k)s::int, %(segmento)s::int)
 
 -- change_dimension --
 drop index if exists public.dores_embedding_idx;
@@ -250,11 +250,11 @@ where m.id = pipeline.active_segment_model()
 
 -- match_documents --
 select id, content, metadata, similarity
-from public.match_documents(query_embedding => %(embedding)s, match_count => %(k)s, filter => %(filter)s::jsonb)
+from public.match_documents(query_embedding => %(embedding)s, match_count => %(k)s::int, filter => %(filter)s::jsonb)
 
 -- match_documents_hybrid --
 select id, content, metadata, similarity, score
-from public.match_documents_hybrid(%(text)s, %(embedding)s, %(k)s, filter => %(filter)s::jsonb)
+from public.match_documents_hybrid(%(text)s, %(embedding)s, %(k)s::int, filter => %(filter)s::jsonb)
 
 -- insert_document --
 insert into public.documents (title, content, metadata) values (%(title)s, %(content)s, %(metadata)s::jsonb)

@@ -13,11 +13,7 @@ def search_dores(
     conn: Connection, embedder: Embedder, text: str, *, k: int = 5, segmento: int | None = None
 ) -> list[dict[str, Any]]:
     """The `k` dores nearest to `text`, through `match_dores`."""
-    if not text.strip():
-        raise InputError("the search text is empty")
-    if k < 1:
-        raise InputError(f"-k must be at least 1, got {k}")
-    vector = embedder.embed([text])[0]
+    vector = _query_vector(embedder, text, k)
     with translate_errors():
         rows = conn.execute(query("match_dores"), {"embedding": vector, "k": k, "segmento": segmento}).fetchall()
     return [{**row, "similarity": round(float(row["similarity"]), 4)} for row in rows]
@@ -35,11 +31,8 @@ def search_documents(
     """The `k` chunks nearest to `text` (`match_documents`), or fused with full text (`match_documents_hybrid`)."""
     import json
 
-    if not text.strip():
-        raise InputError("the search text is empty")
-    if k < 1:
-        raise InputError(f"-k must be at least 1, got {k}")
-    vector = embedder.embed([text])[0]
+    text = text.replace("\x00", "")
+    vector = _query_vector(embedder, text, k)
     params = {"embedding": vector, "k": k, "filter": json.dumps(filter or {}), "text": text}
     with translate_errors():
         rows = conn.execute(query("match_documents_hybrid" if hybrid else "match_documents"), params).fetchall()
@@ -58,3 +51,11 @@ def search_documents(
             result["score"] = round(float(row["score"]), 6)
         results.append(result)
     return results
+
+
+def _query_vector(embedder: Embedder, text: str, k: int) -> Any:
+    if not text.strip():
+        raise InputError("the search text is empty")
+    if k < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    return embedder.embed([text])[0]

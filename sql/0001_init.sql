@@ -204,23 +204,40 @@ on conflict do nothing;
 -- RAG ------------------------------------------------------------------------------------------------
 -- SECURITY INVOKER (the default, said out loud) so Supabase row-level security still applies.
 
+-- With a segment filter, HNSW would return the nearest rows of all segments and drop most of them
+-- (fewer than match_count results); the filtered branch scans that segment exactly instead (btree on
+-- segmento; tens of thousands of rows take milliseconds).
 create or replace function public.match_dores(
     query_embedding vector(384),
     match_count int default 10,
     filter_segmento int default null
 )
 returns table (id bigint, dor_base text, solucao_graventum text, segmento int, similarity float)
-language sql stable security invoker
+language plpgsql stable security invoker
 as $$
-    select d.id, d.dor_base, d.solucao_graventum, d.segmento,
-           1 - (d.embedding <=> query_embedding) as similarity
-    from public.dores d
-    where d.embedding is not null
-      and (filter_segmento is null or d.segmento = filter_segmento)
-    order by d.embedding <=> query_embedding
-    limit match_count
+begin
+    if filter_segmento is null then
+        return query
+            select d.id, d.dor_base, d.solucao_graventum, d.segmento,
+                   1 - (d.embedding <=> query_embedding) as similarity
+            from public.dores d
+            where d.embedding is not null
+            order by d.embedding <=> query_embedding
+            limit match_count;
+    else
+        return query
+            select d.id, d.dor_base, d.solucao_graventum, d.segmento,
+                   1 - (d.embedding <=> query_embedding) as similarity
+            from public.dores d
+            where d.embedding is not null and d.segmento = filter_segmento
+            order by (d.embedding <=> query_embedding) + 0
+            limit match_count;
+    end if;
+end
 $$;
 
+-- hnsw.ef_search is raised to 100 for this call only
+-- (recall@10 >= 0.98 at 100,000 chunks: docs/benchmarks.md). SECURITY INVOKER keeps RLS in force.
 create or replace function public.match_documents(
     query_embedding vector(384),
     match_count int default null,
@@ -228,6 +245,7 @@ create or replace function public.match_documents(
 )
 returns table (id bigint, content text, metadata jsonb, similarity float)
 language sql stable security invoker
+set hnsw.ef_search = 100
 as $$
     select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding) as similarity
     from public.document_chunks c

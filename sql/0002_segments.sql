@@ -44,35 +44,3 @@ as $$
     order by s.centroid <=> embedding
     limit 1
 $$;
-
--- With a segment filter, HNSW would return the nearest rows of all segments and drop most of them
--- (fewer than match_count results); the filtered branch scans that segment exactly instead (btree on
--- segmento; tens of thousands of rows take milliseconds).
-create or replace function public.match_dores(
-    query_embedding vector(384),
-    match_count int default 10,
-    filter_segmento int default null
-)
-returns table (id bigint, dor_base text, solucao_graventum text, segmento int, similarity float)
-language plpgsql stable security invoker
-as $$
-begin
-    if filter_segmento is null then
-        return query
-            select d.id, d.dor_base, d.solucao_graventum, d.segmento,
-                   1 - (d.embedding <=> query_embedding) as similarity
-            from public.dores d
-            where d.embedding is not null
-            order by d.embedding <=> query_embedding
-            limit match_count;
-    else
-        return query
-            select d.id, d.dor_base, d.solucao_graventum, d.segmento,
-                   1 - (d.embedding <=> query_embedding) as similarity
-            from public.dores d
-            where d.embedding is not null and d.segmento = filter_segmento
-            order by (d.embedding <=> query_embedding) + 0
-            limit match_count;
-    end if;
-end
-$$;

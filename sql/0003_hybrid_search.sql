@@ -1,28 +1,10 @@
 -- Hybrid search over document chunks: Portuguese full text (GIN) fused with vector search by reciprocal
--- rank fusion, as in Supabase's hybrid-search guide; and match_documents with a chosen ef_search.
+-- rank fusion, as in Supabase's hybrid-search guide.
 
 alter table public.document_chunks
     add column if not exists fts tsvector generated always as (to_tsvector('portuguese', content)) stored;
 create index if not exists document_chunks_fts_idx on public.document_chunks using gin (fts);
 create index if not exists document_chunks_metadata_idx on public.document_chunks using gin (metadata jsonb_path_ops);
-
--- Same signature and results as 0001's version, with hnsw.ef_search raised to 100 for this call only
--- (recall@10 >= 0.98 at 100,000 chunks: docs/benchmarks.md). SECURITY INVOKER keeps RLS in force.
-create or replace function public.match_documents(
-    query_embedding vector(384),
-    match_count int default null,
-    filter jsonb default '{}'
-)
-returns table (id bigint, content text, metadata jsonb, similarity float)
-language sql stable security invoker
-set hnsw.ef_search = 100
-as $$
-    select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding) as similarity
-    from public.document_chunks c
-    where c.metadata @> filter
-    order by c.embedding <=> query_embedding
-    limit match_count
-$$;
 
 create or replace function public.match_documents_hybrid(
     query_text text,
