@@ -43,6 +43,8 @@ class Settings:
     """`PIPELINE_RETRY_DELAY`: seconds before the first retry of a failed row; doubles each time."""
     max_chars: int = 100_000
     """`PIPELINE_MAX_CHARS`: characters of a dor kept before tokenizing (the model reads far fewer)."""
+    max_document_chars: int = 2_000_000
+    """`PIPELINE_MAX_DOCUMENT_CHARS`: longer documents are refused (recorded in pipeline.failed), not chunked."""
     chunk_tokens: int | None = None
     """`PIPELINE_CHUNK_TOKENS`: tokens per document chunk; unset means the model's window."""
     chunk_overlap: float = 0.15
@@ -84,7 +86,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("batch_size", "claim_size", "max_attempts", "max_chars"):
+        for name in ("batch_size", "claim_size", "max_attempts", "max_chars", "max_document_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.retry_delay < 0:

@@ -174,6 +174,12 @@ class Worker:
                         batch.report.unchanged += 1
                     elif not row["text"].strip():
                         self._fail(batch, row["id"], "empty text: nothing to embed", permanent=True)
+                    elif source == "documents" and len(row["text"]) > self.settings.max_document_chars:
+                        reason = (
+                            f"document too long: {len(row['text'])} characters, the limit is "
+                            f"{self.settings.max_document_chars} (PIPELINE_MAX_DOCUMENT_CHARS); split it"
+                        )
+                        self._fail(batch, row["id"], reason, permanent=True)
                     else:
                         batch.rows.append(row)
                 self._embed(batch)

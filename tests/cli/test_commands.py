@@ -140,3 +140,39 @@ def test_export_csv_writes_dores(db_url: str, tmp_path: Path) -> None:
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "id,dor_base,solucao_graventum,segmento,metadata"
     assert lines[1].endswith('"a, com vírgula",,2,{}')
+
+
+def test_backfill_interrupted_then_continued(db_url: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import cli_env
+
+    with connect(db_url) as conn:
+        conn.execute(
+            "insert into dores (dor_base) select 'texto número ' || g || repeat(' mais', 30) from generate_series(1, 3000) g"
+        )
+        conn.execute("delete from pipeline.queue")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "backfill", "--table", "dores"],
+            env={**cli_env(db_url), "PIPELINE_CLAIM_SIZE": "100"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if conn.execute("select count(*) as n from dores where embedding is not null").fetchone()["n"] > 0:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        left = conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"]
+        assert f"interrupted: {left} rows still queued" in err and 0 < left < 3000
+    again = run_cli("backfill", "--table", "dores", "--json", db_url=db_url)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["embedded"] == left

@@ -261,3 +261,20 @@ def test_overlapped_drain_with_a_poison_row(
         report = worker.drain(conn, spare=spare)
     assert report.embedded == 150 and report.failed == 1 and report.retried == 2
     assert queue(conn) == []
+
+
+def test_huge_document_is_refused_by_rule(conn: Any, worker: Worker) -> None:
+    huge = conn.execute(
+        "insert into documents (title, content) values ('Enorme', repeat('palavra ', 655360)) returning id"
+    ).fetchone()["id"]  # 5 MiB
+    small = conn.execute(
+        "insert into documents (title, content) values ('Curto', 'Texto curto.') returning id"
+    ).fetchone()["id"]
+    report = worker.drain(conn)
+    assert report.embedded == 1 and report.failed == 1
+    failed = conn.execute("select row_id, error from pipeline.failed").fetchall()
+    assert failed[0]["row_id"] == huge and "document too long: 5242888 characters" in failed[0]["error"]  # title too
+    assert (
+        conn.execute("select count(*) as n from document_chunks where document_id = %s", (small,)).fetchone()["n"] == 1
+    )
+    assert queue(conn) == []
