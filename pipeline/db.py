@@ -56,14 +56,13 @@ def start_embedded(data_dir: Path) -> str:
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server under `data_dir`; False when none was running."""
-    from pgserver._commands import pg_ctl
-
     pgdata = data_dir.expanduser().resolve() / "pg"
     if not (pgdata / "postmaster.pid").exists():
         return False
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pgserver
+        from pgserver._commands import pg_ctl
 
         server = pgserver.get_server(pgdata, cleanup_mode=None)
         pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
