@@ -37,7 +37,7 @@ def main() -> None:
     from pipeline.config import Settings
     from pipeline.embedding import load_embedder
 
-    embedder = load_embedder(requested=None)
+    embedder = load_embedder(Settings())
     texts = [f"{d}\n{s}" for d, s in dores_texts(args.requests * 32)]
     rows = []
     with scratch_database() as url:

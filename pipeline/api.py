@@ -137,6 +137,21 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class SerialisedEmbedder:
+    """An embedder whose calls take turns (request threads share one model)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.inner = embedder
+        self.name = embedder.name
+        self.dimension = embedder.dimension
+        self.max_tokens = embedder.max_tokens
+        self.lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> Any:
+        with self.lock:
+            return self.inner.embed(texts)
+
+
 def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
     """The ASGI app. `embedder` is loaded once by the caller; database connections come from a pool."""
     from psycopg.rows import dict_row
@@ -153,7 +168,7 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         configure=register_vector,
         check=ConnectionPool.check_connection,
     )
-    model_lock = threading.Lock()  # one model call at a time: torch already uses every core
+    serialised = SerialisedEmbedder(embedder)  # one model call at a time: torch already uses every core
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -188,8 +203,7 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
 
     def embed(texts: list[str]) -> Any:
         check(texts)
-        with model_lock:
-            return embedder.embed(texts)
+        return serialised.embed(texts)
 
     def with_connection(work: Callable[[Any], Any]) -> Any:
         try:
@@ -291,19 +305,10 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
             raise ApiError(422, "query is empty")
         check([body.query])
 
-        class Locked:
-            name = embedder.name
-            dimension = embedder.dimension
-            max_tokens = embedder.max_tokens
-
-            def embed(self, texts: list[str]) -> Any:
-                with model_lock:
-                    return embedder.embed(texts)
-
         def work(conn: Any) -> Any:
             if body.table == "documents":
-                return search_documents(conn, Locked(), body.query, k=body.k, hybrid=body.hybrid, filter=body.filter)
-            return search_dores(conn, Locked(), body.query, k=body.k, segmento=body.segmento)
+                return search_documents(conn, serialised, body.query, k=body.k, hybrid=body.hybrid, filter=body.filter)
+            return search_dores(conn, serialised, body.query, k=body.k, segmento=body.segmento)
 
         return with_connection(work)  # type: ignore[no-any-return]
 

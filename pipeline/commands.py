@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError
 
 logger = logging.getLogger("pipeline")
 
@@ -114,12 +114,13 @@ def _print_report(args: argparse.Namespace, report: Any, what: str) -> int:
 
 
 @command("backfill")
-def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.sync import count_ready, prepare_worker, queue_stale
+def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = None) -> int:
+    from pipeline.sync import Worker, count_ready, prepare_worker, queue_stale
 
     sources = _sources(args.table)
     with _worker_connections(settings) as (conn, spare):
-        worker = prepare_worker(conn, settings)
+        # `reembed` passes the model it has just loaded and recorded.
+        worker = Worker(embedder=embedder, settings=settings) if embedder else prepare_worker(conn, settings)
         queued = queue_stale(conn, sources=sources, model=worker.embedder.name, rebuild=args.rebuild)
         total = count_ready(conn, sources)
         logger.info("backfill: %d rows newly queued, %d ready to process", queued, total)
@@ -137,22 +138,17 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("reembed")
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
+    from pipeline.embedding import load_embedder
     from pipeline.sync import switch_model
 
     if not settings.model:
         raise InputError("reembed needs the new model: pipeline reembed --model NAME_OR_DIRECTORY")
+    embedder = load_embedder(settings)
     with _connection(settings) as conn:
-        embedder = SentenceTransformerEmbedder(
-            model=resolve_model(settings.model),
-            device=settings.device,
-            batch_size=settings.batch_size,
-            max_chars=settings.max_chars,
-        )
         switch_model(conn, embedder)
     print(f"model switched to {embedder.name} ({embedder.dimension} dims); re-embedding every row")
     args.table, args.rebuild = "all", True
-    return cmd_backfill(args, dataclasses.replace(settings, model=embedder.name))
+    return cmd_backfill(args, dataclasses.replace(settings, model=embedder.name), embedder)
 
 
 @command("run")
@@ -270,7 +266,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     batch = args.batch or settings.batch_size
     if args.stdin:
         texts = parse_stdin(sys.stdin.read(), lines=args.lines)
-        embedder = load_embedder(requested=settings.model, device=settings.device, batch_size=batch)
+        embedder = load_embedder(dataclasses.replace(settings, batch_size=batch))
         vectors = embedder.embed(texts)
         _print_json([{"text": t, "embedding": v.tolist()} for t, v in zip(texts, vectors, strict=True)])
         return 0
@@ -280,7 +276,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     records = [(row.get("id") or str(i), row.get(args.text_col) or "") for i, row in enumerate(rows)]
     if not records:
         raise InputError(f"{args.csv} has a header but no rows")
-    embedder = load_embedder(requested=settings.model, device=settings.device, batch_size=batch)
+    embedder = load_embedder(dataclasses.replace(settings, batch_size=batch))
     from tqdm import tqdm
 
     out: list[dict[str, Any]] = []
@@ -418,15 +414,10 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _query_embedder(conn: Any, settings: Settings) -> Any:
     """The database's model, for embedding a query."""
-    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
-    from pipeline.sync import check_model, recorded_model
+    from pipeline.embedding import load_embedder
+    from pipeline.sync import database_model
 
-    recorded, _ = recorded_model(conn)
-    if recorded is None:
-        raise PipelineError("nothing is embedded yet: run `pipeline sync` first")
-    resolved = resolve_model(settings.model, recorded)
-    check_model(conn, resolved.name)
-    return SentenceTransformerEmbedder(model=resolved, device=settings.device)
+    return load_embedder(settings, database_model(conn, settings, require_recorded=True))
 
 
 @command("serve")
@@ -435,19 +426,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from pipeline.api import create_app, is_loopback
     from pipeline.db import database_url
-    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
-    from pipeline.sync import check_model, recorded_model
+    from pipeline.embedding import load_embedder
+    from pipeline.sync import database_model
 
     if not is_loopback(args.host) and not settings.api_token:
         raise InputError(f"refusing to serve on {args.host} without PIPELINE_API_TOKEN (loopback hosts only)")
     url = database_url(settings)
     with _connection(settings) as conn:
-        recorded, _ = recorded_model(conn)
-        resolved = resolve_model(settings.model, recorded)
-        check_model(conn, resolved.name)
-    embedder = SentenceTransformerEmbedder(
-        model=resolved, device=settings.device, batch_size=settings.batch_size, max_chars=settings.max_chars
-    )
+        resolved = database_model(conn, settings)
+    embedder = load_embedder(settings, resolved)
     app = create_app(settings=settings, url=url, embedder=embedder)
     logger.info("serving on http://%s:%d (OpenAPI at /openapi.json)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

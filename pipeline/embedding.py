@@ -17,6 +17,8 @@ from pipeline.errors import ModelError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from pipeline.config import Settings
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
@@ -189,15 +191,12 @@ class SentenceTransformerEmbedder:
         return self.model.tokenizer
 
 
-def load_embedder(
-    *,
-    requested: str | None,
-    recorded: str | None = None,
-    device: str | None = None,
-    batch_size: int = 64,
-    max_chars: int = 100_000,
-) -> SentenceTransformerEmbedder:
-    """Resolve and load in one step."""
+def load_embedder(settings: Settings, model: ResolvedModel | None = None) -> SentenceTransformerEmbedder:
+    """Load `model` (default: `settings.model` resolved) with the settings' device, batching and threads."""
     return SentenceTransformerEmbedder(
-        model=resolve_model(requested, recorded), device=device, batch_size=batch_size, max_chars=max_chars
+        model=model or resolve_model(settings.model),
+        device=settings.device,
+        batch_size=settings.batch_size,
+        max_chars=settings.max_chars,
+        threads=settings.threads,
     )

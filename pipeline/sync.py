@@ -19,8 +19,8 @@ import numpy as np
 from pipeline.chunking import chunk_text
 from pipeline.config import Settings
 from pipeline.db import Connection, query, translate_errors
-from pipeline.embedding import Embedder
-from pipeline.errors import ModelMismatchError
+from pipeline.embedding import Embedder, ResolvedModel
+from pipeline.errors import ModelMismatchError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +386,18 @@ def queue_stale(conn: Connection, *, sources: Sequence[str], model: str, rebuild
     return queued
 
 
+def database_model(conn: Connection, settings: Settings, *, require_recorded: bool = False) -> ResolvedModel:
+    """The model to use with this database: the configured one, else the recorded one; a mismatch is refused."""
+    from pipeline.embedding import resolve_model
+
+    recorded, _ = recorded_model(conn)
+    if require_recorded and recorded is None:
+        raise PipelineError("nothing is embedded yet: run `pipeline sync` first")
+    resolved = resolve_model(settings.model, recorded)
+    check_model(conn, resolved.name)
+    return resolved
+
+
 def prepare_worker(
     conn: Connection,
     settings: Settings,
@@ -393,18 +405,9 @@ def prepare_worker(
     before_write: Callable[[str, Sequence[int]], None] | None = None,
 ) -> Worker:
     """Resolve the model (refusing a mismatch before paying for a load), load it, record it."""
-    from pipeline.embedding import SentenceTransformerEmbedder, resolve_model
+    from pipeline.embedding import load_embedder
 
-    recorded, _ = recorded_model(conn)
-    resolved = resolve_model(settings.model, recorded)
-    check_model(conn, resolved.name)
-    embedder = SentenceTransformerEmbedder(
-        model=resolved,
-        device=settings.device,
-        batch_size=settings.batch_size,
-        max_chars=settings.max_chars,
-        threads=settings.threads,
-    )
+    embedder = load_embedder(settings, database_model(conn, settings))
     record_model(conn, embedder)
     return Worker(embedder=embedder, settings=settings, before_write=before_write)
 

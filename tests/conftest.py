@@ -54,26 +54,25 @@ def template_url(server_url: str) -> str:
     return url
 
 
-@pytest.fixture
-def empty_db_url(server_url: str) -> Iterator[str]:
-    """A new database with nothing in it (not even the extension)."""
+def _scratch_database(server_url: str, template: str | None) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"create database {name}")
+        admin.execute(f"create database {name}" + (f" template {template}" if template else ""))
     yield make_conninfo(server_url, dbname=name)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture
+def empty_db_url(server_url: str) -> Iterator[str]:
+    """A new database with nothing in it (not even the extension)."""
+    yield from _scratch_database(server_url, None)
 
 
 @pytest.fixture
 def db_url(server_url: str, template_url: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"create database {name} template {TEMPLATE}")
-    yield make_conninfo(server_url, dbname=name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"drop database if exists {name} with (force)")
+    yield from _scratch_database(server_url, TEMPLATE)
 
 
 @pytest.fixture
