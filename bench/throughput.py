@@ -9,6 +9,7 @@ in one committed INSERT and the clock runs until every row is embedded. Prints a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import threading
@@ -23,7 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size", type=int, help="texts per forward pass, for both sides (default: the pipeline's, 32)"
+    )
     args = parser.parse_args()
 
     from pipeline.config import Settings
@@ -34,14 +37,16 @@ def main() -> None:
 
     pairs = dores_texts(args.rows)
     texts = [f"{d}\n{s}" for d, s in pairs]
-    settings = Settings(batch_size=args.batch_size, interval=300.0)
+    settings = Settings(interval=300.0)
+    if args.batch_size:
+        settings = dataclasses.replace(settings, batch_size=args.batch_size)
     with scratch_database() as url, connect(url) as conn:
         started = time.perf_counter()
         worker = prepare_worker(conn, settings)
         load_s = time.perf_counter() - started
         model = worker.embedder.model  # type: ignore[attr-defined]
         name = resolve_model(None).name
-        model.encode(texts[:256], batch_size=args.batch_size)  # warm-up
+        model.encode(texts[:256], batch_size=settings.batch_size)  # warm-up
 
         daemon = Daemon(settings=settings, url=url, worker=worker)
         thread = threading.Thread(target=daemon.run, daemon=True)
@@ -50,7 +55,7 @@ def main() -> None:
 
         def raw_run() -> float:
             t0 = time.perf_counter()
-            model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
+            model.encode(texts, batch_size=settings.batch_size, normalize_embeddings=True)
             return time.perf_counter() - t0
 
         def pipeline_run() -> float:
@@ -87,7 +92,10 @@ def main() -> None:
         thread.join(10)
 
     raw, pipe, ratio = statistics.median(raw_times), statistics.median(pipe_times), statistics.median(ratios)
-    print(f"\nmachine: {machine()}; model {name}; {args.rows} dores; median of {args.runs} runs\n")
+    print(
+        f"\nmachine: {machine()}; model {name}; {args.rows} dores; batch {settings.batch_size}, "
+        f"claim {settings.claim_size}; median of {args.runs} runs\n"
+    )
     print(
         table(
             ["what", "seconds", "rows/s"],

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, help="embedded server's directory (default: $PIPELINE_DATA_DIR)")
     common.add_argument("--model", help="model name or local directory (default: as recorded in the database)")
     common.add_argument("--device", help="torch device: cpu, cuda, mps (default: best available)")
-    common.add_argument("--batch-size", type=int, help="texts per model call (default 64)")
+    common.add_argument("--batch-size", type=int, help="texts per forward pass (default 32)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON")
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="CSV file to embed")
     p.add_argument("--text-col", default="dor_base", help="CSV column to embed (default dor_base)")
     p.add_argument("--out", help="JSON file to write (default: stdout)")
-    p.add_argument("--batch", type=int, help="texts per model call (default 64)")
+    p.add_argument("--batch", type=int, help="texts per forward pass (default 32)")
 
     p = sub.add_parser("import-docs", parents=[common], help="load .txt/.md files (or folders of them) as documents")
     p.add_argument("paths", nargs="+", metavar="PATH")

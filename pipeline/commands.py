@@ -280,7 +280,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     out: list[dict[str, Any]] = []
-    step = max(batch * 8, 256)
+    step = max(batch * 16, 512)  # texts sorted by token count together
     with tqdm(total=len(records), desc="embed", unit="texts", file=sys.stderr) as bar:
         for start in range(0, len(records), step):
             part = records[start : start + step]

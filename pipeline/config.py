@@ -31,9 +31,9 @@ class Settings:
     """`PIPELINE_DEVICE`: cpu, cuda, mps; unset lets sentence-transformers pick."""
     threads: int | None = None
     """`PIPELINE_THREADS`: torch threads (unset: all cores; with several workers on one machine, cores ÷ workers)."""
-    batch_size: int = 64
-    """`PIPELINE_BATCH_SIZE`: texts per model call."""
-    claim_size: int = 256
+    batch_size: int = 32
+    """`PIPELINE_BATCH_SIZE`: texts per forward pass (texts of similar token counts go together)."""
+    claim_size: int = 512
     """`PIPELINE_CLAIM_SIZE`: queue rows claimed (and committed) together."""
     interval: float = 30.0
     """`PIPELINE_INTERVAL`: seconds between polls when no notification arrives."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,22 @@ def test_identical_texts_in_a_batch_are_embedded_once(embedder: Any) -> None:
         embedder.model.encode = original
     assert calls == [2]
     assert np.allclose(vectors[0], vectors[2])
+
+
+def test_batches_group_texts_of_similar_token_counts(embedder: Any) -> None:
+    words = ["estoque", "nota", "fiscal", "atraso", "cliente", "entrega", "margem", "caixa"]
+    texts = [" ".join(words[: 1 + i % 8] * (1 + i % 5)) for i in range(150)]
+    tokens = [embedder.count_tokens(text) for text in texts]
+    batches = embedder._batches(texts)
+    assert [len(b) for b in batches] == [64, 64, 22]
+    assert sorted(i for b in batches for i in b) == list(range(150))
+    for longer, shorter in itertools.pairwise(batches):
+        assert min(tokens[i] for i in longer) >= max(tokens[i] for i in shorter)
+    # Regrouping changes no vector: each equals the model's own embedding of that text alone.
+    vectors = embedder.embed(texts)
+    for i in (0, 37, 149):
+        expected = embedder.model.encode([texts[i]], normalize_embeddings=True)[0]
+        assert float(np.dot(vectors[i], expected)) >= 0.999
 
 
 def test_delete_leaves_nothing_behind(conn: Any, worker: Worker) -> None:
