@@ -194,23 +194,18 @@ class SentenceTransformerEmbedder:
         """
         if len(texts) <= self.batch_size:
             return [list(range(len(texts)))]
-        tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None:
-            lengths = [len(text) for text in texts]
-        else:
-            ids = tokenizer(
-                list(texts),
-                truncation=True,
-                max_length=self.max_tokens,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-            lengths = [len(row) for row in ids]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        ids = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_tokens,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
     def tokenizer(self) -> Any:
