@@ -84,8 +84,10 @@ class _Progress:
 
 @command("migrate")
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.db import database_url, require_session_connection
     from pipeline.migrations import migrate
 
+    require_session_connection(database_url(settings), "pipeline migrate")
     with _connection(settings, migrated=False) as conn:
         applied = migrate(conn)
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema up to date"))
@@ -154,7 +156,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
 @command("run")
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.daemon import Daemon
-    from pipeline.db import database_url
+    from pipeline.db import database_url, require_session_connection
     from pipeline.migrations import require_current
     from pipeline.sync import Worker, prepare_worker
 
@@ -162,7 +164,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         require_current(conn)
         return prepare_worker(conn, settings)
 
-    daemon = Daemon(settings=settings, url=database_url(settings), metrics_port=args.metrics_port)
+    url = database_url(settings)
+    require_session_connection(url, "pipeline run")
+    daemon = Daemon(settings=settings, url=url, metrics_port=args.metrics_port)
     daemon.install_signal_handlers()
     return daemon.serve(prepare)
 

@@ -15,7 +15,7 @@ import psycopg
 
 from pipeline.config import Settings
 from pipeline.db import Connection, connect
-from pipeline.errors import DatabaseError, PipelineError
+from pipeline.errors import DatabaseError, PipelineError, RowSecurityError
 from pipeline.sync import SyncReport, Worker
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Daemon:
         self._spare: Connection | None = None
         self._scheduler: Any = None
         self.metrics_port = metrics_port
+        self.exit_code = 0
         self.metrics: Any = None
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -82,6 +83,13 @@ class Daemon:
                     logger.warning("database unavailable (%s); retrying in %.0fs", exc, delay)
                     self.stop.wait(delay)
                     continue
+                except RowSecurityError as exc:
+                    # Going on could only skip the hidden rows; stopping keeps their queue rows for a
+                    # worker that can see them.
+                    logger.error("%s; stopping", exc)
+                    self.exit_code = 1
+                    self.stop.set()
+                    break
                 backoff.reset()
                 self.last_loop = time.time()
                 if self.metrics is not None:
@@ -299,4 +307,4 @@ class Daemon:
         else:
             self._drop_connection()
         logger.info("stopped: %d rows embedded, %d failed since start", self.totals.embedded, self.totals.failed)
-        return 0
+        return self.exit_code

@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pipeline.config import Settings, redact
-from pipeline.errors import DatabaseError, InputError, PipelineError
+from pipeline.errors import ConfigError, DatabaseError, InputError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,24 @@ def stop_embedded(data_dir: Path) -> bool:
     return True
 
 
+TRANSACTION_POOLER_PORT = "6543"
+
+
+def require_session_connection(url: str, what: str) -> None:
+    """Refuse Supabase's transaction pooler, which hands each transaction to another server session."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        port = str(conninfo_to_dict(url).get("port") or "")
+    except psycopg.ProgrammingError:
+        return  # a malformed URL is reported by connect()
+    if port == TRANSACTION_POOLER_PORT:
+        raise ConfigError(
+            f"{what} needs a session of its own (LISTEN/NOTIFY and advisory locks), which the transaction "
+            "pooler on port 6543 cannot carry: use the session pooler (port 5432) or the direct connection"
+        )
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn driver errors into `DatabaseError` with the password taken out of the message."""
@@ -78,6 +96,9 @@ def translate_errors() -> Iterator[None]:
         raise
     except psycopg.Error as exc:
         message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        hint = getattr(getattr(exc, "diag", None), "message_hint", None)
+        if hint:
+            message += f" ({redact(hint)})"
         if isinstance(exc, psycopg.errors.DataError):  # SQLSTATE class 22: the value given is unusable
             raise InputError(f"invalid input: {message}") from exc
         raise DatabaseError(f"database error: {message}") from exc

@@ -29,3 +29,7 @@ class ModelMismatchError(PipelineError):
 
 class InputError(PipelineError):
     """A file or argument given by the user is unusable."""
+
+
+class RowSecurityError(PipelineError):
+    """Row-level security would hide rows from the worker, which would then drop their queued work."""

@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+import psycopg
+
 from pipeline.db import Connection, register_vector, translate_errors
 from pipeline.errors import MigrationError
 
@@ -17,6 +19,24 @@ logger = logging.getLogger(__name__)
 # Any constant works; it only has to be the same for every process that migrates this database.
 _LOCK_KEY = 0x70_69_70_65  # "pipe"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# Earlier checksums of released files whose text moved between files without changing the schema they
+# leave behind (RAG functions consolidated into 0001). A database migrated with them is current; the
+# repeatable files bring every function to its latest definition either way.
+SUPERSEDED = {
+    "0001_init.sql": {"acc1f415eff8132271989ce61c7454cf2fa2b5430be8a60c55e7b169615912e7"},
+    "0002_segments.sql": {
+        "4dcb12ae1a969b3a311e20a9dab1482f1a3e89d086af0a95accc2d5db413cdb9",
+        "69df6d980611b8edc3eebcc3a61d6ccf2d7f02bbc3c4c6d6041b9bf2a5fbf7d8",
+    },
+    "0003_hybrid_search.sql": {"337e817c944081d32b4f559794dcc66f82004c711183060fc741e99224a64190"},
+}
+
+ENABLE_VECTOR = (
+    "the vector extension is not enabled and this role may not create it ({reason}); on Supabase: "
+    "Dashboard → Database → Extensions → vector, or `create extension vector with schema extensions` "
+    "in the SQL editor; elsewhere a superuser runs `create extension vector`"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +53,12 @@ def sql_dir() -> Path:
     """`sql/` beside the package (a source checkout or an editable install), or `PIPELINE_SQL_DIR`."""
     override = os.environ.get("PIPELINE_SQL_DIR")
     return Path(override) if override else Path(__file__).resolve().parent.parent / "sql"
+
+
+def repeatable(directory: Path | None = None) -> list[Migration]:
+    """The files of `sql/repeatable/`: applied by every `migrate`, after the numbered ones."""
+    directory = (directory or sql_dir()) / "repeatable"
+    return [Migration(p.name, p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.sql"))]
 
 
 def load(directory: Path | None = None) -> list[Migration]:
@@ -63,6 +89,7 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
     with translate_errors():
         conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
+            ensure_vector(conn)
             conn.execute("create schema if not exists pipeline")
             conn.execute(
                 "create table if not exists pipeline.migrations ("
@@ -74,7 +101,7 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
             for migration in migrations:
                 previous = applied.get(migration.name)
                 if previous is not None:
-                    if previous != migration.checksum:
+                    if previous != migration.checksum and previous not in SUPERSEDED.get(migration.name, ()):
                         raise MigrationError(
                             f"sql/{migration.name} changed after it was applied to this database; "
                             "released migrations are never edited: put the change in a new numbered file"
@@ -88,6 +115,9 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
                         (migration.name, migration.checksum),
                     )
                 applied_now.append(migration.name)
+            for migration in repeatable(directory):
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
             unknown = sorted(set(applied) - {m.name for m in migrations})
             if unknown:
                 logger.warning("the database has migrations this code does not know: %s", ", ".join(unknown))
@@ -95,6 +125,26 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
             conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
     register_vector(conn)
     return applied_now
+
+
+def ensure_vector(conn: Connection) -> None:
+    """Create the vector extension if it is missing (in schema `extensions` where that exists, as on
+    Supabase); when this role may not, fail before anything else changes, saying how to enable it."""
+    if conn.execute("select 1 from pg_extension where extname = 'vector'").fetchone():
+        return
+    has_extensions_schema = conn.execute("select 1 from pg_namespace where nspname = 'extensions'").fetchone()
+    statement = "create extension if not exists vector" + (" with schema extensions" if has_extensions_schema else "")
+    try:
+        with conn.transaction():
+            conn.execute(statement.encode())
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.FeatureNotSupported) as exc:
+        raise MigrationError(ENABLE_VECTOR.format(reason=str(exc).strip().splitlines()[0])) from exc
+    except psycopg.errors.UndefinedFile as exc:  # the server has no pgvector installed at all
+        raise MigrationError(
+            "pgvector is not installed on this PostgreSQL server: install the pgvector package for this "
+            "PostgreSQL version, or use the embedded server (unset DATABASE_URL)"
+        ) from exc
+    logger.info("created extension vector")
 
 
 def pending(conn: Connection, directory: Path | None = None) -> list[str]:

@@ -276,3 +276,80 @@ insert into pipeline.queue (source, row_id)
 select source, row_id from moved
 on conflict (source, row_id) do update set attempts = 0, next_attempt_at = now(), last_error = null
 returning source, row_id
+
+-- row_security_blocks --
+-- The pipeline's tables on which row-level security would hide rows from the current role: RLS is on,
+-- the role is neither a superuser, nor BYPASSRLS, nor (a member of) the owner unless RLS is forced,
+-- and no policy for all commands with `using (true)` opens the table to it.
+select c.oid::regclass::text as table_name, c.relforcerowsecurity as forced
+from pg_catalog.pg_class c
+join pg_catalog.pg_roles r on r.rolname = current_user
+where c.oid = any(array[
+        to_regclass('public.dores'), to_regclass('public.documents'),
+        to_regclass('public.document_chunks'), to_regclass('public.segments')
+      ])
+  and c.relrowsecurity
+  and not (r.rolsuper or r.rolbypassrls)
+  and (c.relforcerowsecurity or not pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'))
+  and not exists (
+      select 1 from pg_catalog.pg_policies p
+      where p.schemaname = 'public' and p.tablename = c.relname
+        and p.permissive = 'PERMISSIVE' and p.cmd = 'ALL' and p.qual = 'true'
+        and (current_user = any(p.roles) or 'public' = any(p.roles))
+  )
+order by 1
+
+-- existing_ids --
+select pipeline.existing_ids(%(source)s, %(ids)s) as ids
+
+-- advisor --
+-- What Supabase's database linter (the dashboard's Security Advisor) checks, limited to the objects
+-- the pipeline creates. API roles that do not exist (a plain PostgreSQL) are skipped.
+with api_roles as (
+    select rolname from pg_catalog.pg_roles where rolname in ('anon', 'authenticated')
+),
+tables as (
+    select c.oid, c.relname, c.relkind, c.relrowsecurity, c.reloptions, n.nspname
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    where (n.nspname = 'public' and c.relname in ('dores', 'documents', 'document_chunks', 'segments', 'current_segments'))
+       or (n.nspname = 'pipeline' and c.relkind in ('r', 'v'))
+),
+functions as (
+    select p.oid, p.proname, p.prosecdef, p.proconfig, n.nspname
+    from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'pipeline'
+       or (n.nspname = 'public' and p.proname in ('match_dores', 'match_documents', 'match_documents_hybrid'))
+)
+select 'rls_disabled_in_public' as lint, t.nspname || '.' || t.relname as object,
+       'the API roles can ' || string_agg(distinct a.rolname || ' ' || lower(priv.p), ', ')
+       || ' it without row-level security' as detail
+from tables t
+cross join api_roles a
+cross join (values ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE')) priv (p)
+where t.relkind = 'r' and t.nspname = 'public' and not t.relrowsecurity
+  and pg_catalog.has_table_privilege(a.rolname, t.oid, priv.p)
+group by t.nspname, t.relname
+union all
+select 'security_definer_view', t.nspname || '.' || t.relname, 'view without security_invoker'
+from tables t
+where t.relkind = 'v'
+  and not coalesce(lower(t.reloptions::text)::text[] && array['security_invoker=true', 'security_invoker=on'], false)
+union all
+select 'function_search_path_mutable', f.nspname || '.' || f.proname, 'function without a fixed search_path'
+from functions f
+where not exists (select 1 from unnest(coalesce(f.proconfig, '{}')) c where c like 'search_path=%')
+union all
+select 'security_definer_function_executable', f.nspname || '.' || f.proname,
+       'SECURITY DEFINER function executable by ' || a.rolname
+from functions f cross join api_roles a
+where f.prosecdef and pg_catalog.has_function_privilege(a.rolname, f.oid, 'EXECUTE')
+union all
+select 'trigger_function_not_definer', f.nspname || '.' || f.proname,
+       'queue trigger function lost SECURITY DEFINER (a migration re-run by hand): run `pipeline migrate`'
+from functions f
+where f.proname in ('enqueue_row', 'forget_row', 'forget_table', 'notify_queue') and not f.prosecdef
+union all
+select 'extension_in_public', e.extname, 'extension installed in schema public'
+from pg_catalog.pg_extension e
+where e.extname = 'vector' and e.extnamespace = 'public'::regnamespace and exists (select 1 from api_roles)
+order by 1, 2

@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.db import Connection, query, translate_errors
 from pipeline.migrations import pending
+from pipeline.security import advisor
 from pipeline.sync import recorded_model
 
 
@@ -35,7 +36,8 @@ def status(conn: Connection) -> dict[str, Any]:
                 "last_sync": last.isoformat() if last else None,
             }
         )
-    return {"migrations_pending": [], "model": model, "dimension": dimension, "tables": result}
+    warnings = [str(finding) for finding in advisor(conn)]
+    return {"migrations_pending": [], "model": model, "dimension": dimension, "tables": result, "warnings": warnings}
 
 
 def format_status(data: dict[str, Any]) -> str:
@@ -60,4 +62,5 @@ def format_status(data: dict[str, Any]) -> str:
             lines.append(
                 f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`"
             )
+    lines.extend(f"warning: {warning}" for warning in data.get("warnings", []))
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from pipeline.chunking import chunk_text
 from pipeline.config import Settings
 from pipeline.db import Connection, query, translate_errors
 from pipeline.embedding import Embedder, ResolvedModel
-from pipeline.errors import ModelMismatchError, PipelineError
+from pipeline.errors import ModelMismatchError, PipelineError, RowSecurityError
 
 logger = logging.getLogger(__name__)
 
@@ -158,15 +158,10 @@ class Worker:
                     return None
                 read = "read_dores" if source == "dores" else "read_documents"
                 rows = conn.execute(query(read), {"ids": list(claimed), "model": self.embedder.name}).fetchall()
-                batch = Batch(
-                    conn,
-                    source,
-                    claimed,
-                    [],
-                    set(claimed) - {r["id"] for r in rows},
-                    SyncReport(source=source),
-                    started,
-                )
+                missing = set(claimed) - {r["id"] for r in rows}
+                if missing:
+                    check_deleted(conn, source, missing)
+                batch = Batch(conn, source, claimed, [], missing, SyncReport(source=source), started)
                 batch.report.deleted = len(batch.finished)  # source row gone: nothing to do
                 for row in rows:
                     if row["current"]:
@@ -369,6 +364,21 @@ class Worker:
         return total
 
 
+def check_deleted(conn: Connection, source: str, ids: set[int]) -> None:
+    """Make sure rows the worker could not read are deleted, not hidden by row-level security.
+
+    Only a deleted row's queue row may go; a hidden one's must stay, so the batch is refused instead.
+    """
+    row = conn.execute(query("existing_ids"), {"source": source, "ids": sorted(ids)}).fetchone()
+    hidden = sorted(row["ids"]) if row and row["ids"] else []
+    if hidden:
+        shown = ", ".join(map(str, hidden[:5])) + (", ..." if len(hidden) > 5 else "")
+        raise RowSecurityError(
+            f"{len(hidden)} queued {source} rows exist but are hidden from this role by row-level security "
+            f"(ids {shown}); their queue rows are kept. Give the worker BYPASSRLS (docs/security.md)"
+        )
+
+
 def count_ready(conn: Connection, sources: Sequence[str] = SOURCES) -> int:
     with translate_errors():
         row = conn.execute(query("count_ready"), {"sources": list(sources)}).fetchone()
@@ -406,7 +416,9 @@ def prepare_worker(
 ) -> Worker:
     """Resolve the model (refusing a mismatch before paying for a load), load it, record it."""
     from pipeline.embedding import load_embedder
+    from pipeline.security import check_worker_access
 
+    check_worker_access(conn)
     embedder = load_embedder(settings, database_model(conn, settings))
     record_model(conn, embedder)
     return Worker(embedder=embedder, settings=settings, before_write=before_write)

@@ -1,0 +1,276 @@
+-- The pipeline's functions and views with their security attributes, applied by every `pipeline migrate`
+-- after the numbered migrations (a repeatable migration: it is rewritten in place when a definition
+-- changes, and running it again is harmless).
+--
+-- Numbered migrations are never edited, and the first ones created these functions without a fixed
+-- search_path or SECURITY DEFINER. Re-running one of them by hand (pasting 0001 into the SQL editor)
+-- replaces a function with that weaker version; the next `pipeline migrate` puts this one back, and
+-- `pipeline status` says when it is needed.
+--
+-- Every function fixes its search_path in its own definition: pg_catalog, then the schema that holds
+-- `vector` (public on a plain PostgreSQL, extensions on Supabase), captured below with
+-- `set search_path from current`. Tables are always schema-qualified.
+
+select set_config(
+    'search_path',
+    'pg_catalog, ' || (select e.extnamespace::regnamespace::text from pg_catalog.pg_extension e where e.extname = 'vector'),
+    true
+);
+-- Load pgvector's library so that its settings (hnsw.ef_search) can be named in a function's SET clause
+-- by a role that is not a superuser (Supabase's `postgres`).
+select '[1]'::vector is not null as vector_loaded;
+
+-- text and hashes: the worker, the staleness checks and `backfill` agree on them byte for byte ---------
+
+create or replace function pipeline.dor_text(dor_base text, solucao_graventum text)
+returns text
+language sql immutable parallel safe
+set search_path from current
+as $$ select concat_ws(E'\n', dor_base, nullif(solucao_graventum, '')) $$;
+
+create or replace function pipeline.document_text(title text, content text)
+returns text
+language sql immutable parallel safe
+set search_path from current
+as $$ select concat_ws(E'\n\n', nullif(title, ''), content) $$;
+
+create or replace function pipeline.content_hash(body text)
+returns text
+language sql immutable parallel safe
+set search_path from current
+as $$ select encode(sha256(convert_to(coalesce(body, ''), 'UTF8')), 'hex') $$;
+
+-- queue triggers ------------------------------------------------------------------------------------
+-- SECURITY DEFINER: writers of the source tables (n8n, the app, PostgREST's roles) need no right on
+-- schema pipeline. Nobody may call them directly (a trigger needs no EXECUTE right to fire).
+
+create or replace function pipeline.enqueue_row()
+returns trigger
+language plpgsql
+security definer
+set search_path from current
+as $$
+begin
+    delete from pipeline.failed where source = tg_table_name and row_id = new.id;
+    insert into pipeline.queue (source, row_id) values (tg_table_name, new.id)
+    on conflict (source, row_id) do nothing;
+    return null;
+end
+$$;
+
+create or replace function pipeline.forget_row()
+returns trigger
+language plpgsql
+security definer
+set search_path from current
+as $$
+begin
+    -- The queue row (if any) is dropped by the worker when it finds the source row gone; deleting it
+    -- here could wait on a worker that holds it.
+    delete from pipeline.failed where source = tg_table_name and row_id = old.id;
+    return null;
+end
+$$;
+
+create or replace function pipeline.forget_table()
+returns trigger
+language plpgsql
+security definer
+set search_path from current
+as $$
+begin
+    delete from pipeline.queue where source = tg_table_name;
+    delete from pipeline.failed where source = tg_table_name;
+    return null;
+end
+$$;
+
+create or replace function pipeline.notify_queue()
+returns trigger
+language plpgsql
+security definer
+set search_path from current
+as $$
+begin
+    perform pg_notify('pipeline_queue', tg_table_name);
+    return null;
+end
+$$;
+
+create or replace function pipeline.touch_updated_at()
+returns trigger
+language plpgsql
+set search_path from current
+as $$
+begin
+    new.updated_at := now();
+    return new;
+end
+$$;
+
+revoke all on function pipeline.enqueue_row(), pipeline.forget_row(), pipeline.forget_table(),
+    pipeline.notify_queue() from public;
+
+-- Which of `ids` still exist in a source table, whatever row-level security hides from the caller: the
+-- worker tells a deleted row (its queue row may go) from one it merely cannot see (it must stay).
+-- SECURITY DEFINER, executable only by roles granted it (the worker role in docs/security.md).
+create or replace function pipeline.existing_ids(source text, ids bigint[])
+returns bigint[]
+language plpgsql stable
+security definer
+set search_path from current
+as $$
+declare
+    found bigint[];
+begin
+    if source not in ('dores', 'documents') then
+        raise exception 'unknown source %', source using errcode = '22023';
+    end if;
+    execute format('select coalesce(array_agg(t.id), ''{}'') from public.%I t where t.id = any($1)', source)
+        into found using ids;
+    return found;
+end
+$$;
+revoke all on function pipeline.existing_ids(text, bigint[]) from public;
+
+-- segments ------------------------------------------------------------------------------------------
+
+create or replace function pipeline.active_segment_model()
+returns bigint
+language sql stable
+set search_path from current
+as $$ select nullif(value, '')::bigint from pipeline.state where key = 'segment_model' $$;
+
+create or replace function pipeline.nearest_segment(embedding vector)
+returns int
+language sql stable
+set search_path from current
+as $$
+    select s.segmento
+    from public.segments s
+    where s.model_id = pipeline.active_segment_model()
+    order by s.centroid <=> embedding
+    limit 1
+$$;
+
+-- The caller's rights and row-level security apply (security_invoker).
+create or replace view public.current_segments with (security_invoker = true) as
+select s.segmento, s.label, s.top_terms, s.size, s.centroid, s.model_id
+from public.segments s
+where s.model_id = pipeline.active_segment_model();
+
+-- RAG: SECURITY INVOKER, so the caller's row-level security policies decide what it finds -----------
+
+-- With a segment filter, HNSW would return the nearest rows of all segments and drop most of them
+-- (fewer than match_count results); the filtered branch scans that segment exactly instead.
+create or replace function public.match_dores(
+    query_embedding vector(384),
+    match_count int default 10,
+    filter_segmento int default null
+)
+returns table (id bigint, dor_base text, solucao_graventum text, segmento int, similarity float)
+language plpgsql stable security invoker
+set search_path from current
+as $$
+begin
+    if filter_segmento is null then
+        return query
+            select d.id, d.dor_base, d.solucao_graventum, d.segmento,
+                   1 - (d.embedding <=> query_embedding) as similarity
+            from public.dores d
+            where d.embedding is not null
+            order by d.embedding <=> query_embedding
+            limit match_count;
+    else
+        return query
+            select d.id, d.dor_base, d.solucao_graventum, d.segmento,
+                   1 - (d.embedding <=> query_embedding) as similarity
+            from public.dores d
+            where d.embedding is not null and d.segmento = filter_segmento
+            order by (d.embedding <=> query_embedding) + 0
+            limit match_count;
+    end if;
+end
+$$;
+
+-- hnsw.ef_search is raised to 100 for this call only (recall@10 >= 0.98 at 100,000 chunks).
+create or replace function public.match_documents(
+    query_embedding vector(384),
+    match_count int default null,
+    filter jsonb default '{}'
+)
+returns table (id bigint, content text, metadata jsonb, similarity float)
+language sql stable security invoker
+set search_path from current
+set hnsw.ef_search = 100
+as $$
+    select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding) as similarity
+    from public.document_chunks c
+    where c.metadata @> filter
+    order by c.embedding <=> query_embedding
+    limit match_count
+$$;
+
+create or replace function public.match_documents_hybrid(
+    query_text text,
+    query_embedding vector(384),
+    match_count int default 10,
+    full_text_weight float default 1,
+    semantic_weight float default 1,
+    rrf_k int default 50,
+    filter jsonb default '{}'
+)
+returns table (id bigint, content text, metadata jsonb, similarity float, score float)
+language sql stable security invoker
+set search_path from current
+set hnsw.ef_search = 100
+as $$
+    with full_text as (
+        select c.id,
+               row_number() over (order by ts_rank_cd(c.fts, websearch_to_tsquery('portuguese', query_text)) desc) as rank_ix
+        from public.document_chunks c
+        where c.fts @@ websearch_to_tsquery('portuguese', query_text)
+          and c.metadata @> filter
+        order by rank_ix
+        limit least(match_count, 30) * 2
+    ),
+    semantic as (
+        select c.id, row_number() over (order by c.embedding <=> query_embedding) as rank_ix
+        from public.document_chunks c
+        where c.metadata @> filter
+        order by c.embedding <=> query_embedding
+        limit least(match_count, 30) * 2
+    )
+    select c.id, c.content, c.metadata,
+           1 - (c.embedding <=> query_embedding) as similarity,
+           coalesce(1.0 / (rrf_k + full_text.rank_ix), 0.0) * full_text_weight
+             + coalesce(1.0 / (rrf_k + semantic.rank_ix), 0.0) * semantic_weight as score
+    from full_text
+    full outer join semantic on full_text.id = semantic.id
+    join public.document_chunks c on c.id = coalesce(full_text.id, semantic.id)
+    order by score desc
+    limit least(match_count, 30)
+$$;
+
+-- Where things stand, one row per source table (read by the worker's owner and `pipeline status`).
+create or replace view pipeline.lag with (security_invoker = true) as
+with model as (select value as name from pipeline.state where key = 'model')
+select s.source,
+       coalesce(q.pending, 0) as pending,
+       q.oldest_pending_age,
+       coalesce(f.failed, 0) as failed,
+       s.other_model
+from (
+    select 'dores'::text as source,
+           (select count(*) from public.dores d, model m
+             where d.embedding_model is distinct from m.name and d.embedding_model is not null) as other_model
+    union all
+    select 'documents',
+           (select count(*) from public.documents d, model m
+             where d.embedding_model is distinct from m.name and d.embedding_model is not null)
+) s
+left join (
+    select source, count(*) as pending, now() - min(enqueued_at) as oldest_pending_age
+    from pipeline.queue group by source
+) q using (source)
+left join (select source, count(*) as failed from pipeline.failed group by source) f using (source);
