@@ -281,7 +281,7 @@ returning source, row_id
 -- The pipeline's tables on which row-level security would hide rows from the current role: RLS is on,
 -- the role is neither a superuser, nor BYPASSRLS, nor (a member of) the owner unless RLS is forced,
 -- and no policy for all commands with `using (true)` opens the table to it.
-select c.oid::regclass::text as table_name, c.relforcerowsecurity as forced
+select c.relnamespace::regnamespace::text || '.' || c.relname as table_name, c.relforcerowsecurity as forced
 from pg_catalog.pg_class c
 join pg_catalog.pg_roles r on r.rolname = current_user
 where c.oid = any(array[
@@ -293,11 +293,11 @@ where c.oid = any(array[
   and (c.relforcerowsecurity or not pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'))
   and not exists (
       select 1 from pg_catalog.pg_policies p
-      where p.schemaname = 'public' and p.tablename = c.relname
+      where p.schemaname = c.relnamespace::regnamespace::text and p.tablename = c.relname
         and p.permissive = 'PERMISSIVE' and p.cmd = 'ALL' and p.qual = 'true'
         and (current_user = any(p.roles) or 'public' = any(p.roles))
   )
-order by 1
+order by c.relname = 'dores' desc, 1
 
 -- existing_ids --
 select pipeline.existing_ids(%(source)s, %(ids)s) as ids

@@ -326,7 +326,7 @@ def _silhouette(vectors: np.ndarray, labels: np.ndarray) -> float | None:
         return None
     rng = np.random.default_rng(RANDOM_STATE)
     pick = rng.choice(len(vectors), min(len(vectors), SILHOUETTE_SAMPLE), replace=False)
-    if len(set(labels[pick].tolist())) < 2:
+    if not 2 <= len(set(labels[pick].tolist())) < len(pick):  # undefined with one row per segment
         return None
     return round(float(silhouette_score(vectors[pick], labels[pick], metric="cosine")), 4)
 

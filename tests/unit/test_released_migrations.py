@@ -1,0 +1,28 @@
+"""Released migrations never change: a database migrated with one must find the same text later."""
+
+from __future__ import annotations
+
+from pipeline.migrations import SUPERSEDED, load
+
+# Add a line when a new migration is released; never change one.
+RELEASED = {
+    "0001_init.sql": "b1039d46c4dba28bfa894864f415299105c3a7ab16ffe0f03cc1cba96d65f898",
+    "0002_segments.sql": "7a08f56bc0305a95a4683ae63a126c04b17b0121b01c43b1467fd38e4e36f316",
+    "0003_hybrid_search.sql": "6e248f715128d0b986adfc5fb89f20e8ce1548b18c0ee0409a7d9c93c4178c15",
+    "0004_trigger_privileges.sql": "7f0d88ab6b92df02e8f3d86dcb608e236f3ff6b6265f3897c27e728faa0bf621",
+    "0005_secure_by_default.sql": "2907f2d9500701548e2e002ad62685916ed90be4be89219cc929f8810e8fdd40",
+}
+
+
+def test_released_migrations_keep_their_checksums() -> None:
+    current = {m.name: m.checksum for m in load()}
+    for name, checksum in RELEASED.items():
+        assert current.get(name) == checksum, f"sql/{name} changed after its release: put the change in a new file"
+
+
+def test_every_migration_is_released_here() -> None:
+    assert sorted(m.name for m in load()) == sorted(RELEASED), "add the new migration's checksum to RELEASED"
+
+
+def test_superseded_checksums_belong_to_released_files() -> None:
+    assert set(SUPERSEDED) <= set(RELEASED)
