@@ -3,6 +3,7 @@ closed to the public anon key by default, and never dropping queued work it cann
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -336,3 +337,20 @@ def test_the_supabase_walkthrough(supabase: Project, embedder: Any) -> None:
     assert sorted(d["dor_base"] for d in dores) == ["Agenda lotada", "Pacientes da acme faltam às consultas"]
     assert supabase.api.rpc("match_documents", {"query_embedding": str(query), "match_count": 5}, role="anon") == []
     assert lints(supabase.postgres_url) == []
+
+
+def test_an_adopted_table_keeps_its_settings_and_status_warns(supabase: Project) -> None:
+    with psycopg.connect(supabase.postgres_url, autocommit=True) as conn:  # n8n's table, before the pipeline
+        conn.execute(
+            "create table public.dores (id bigserial primary key, dor_base text not null, solucao_graventum text)"
+        )
+        conn.execute("insert into public.dores (dor_base) values ('linha que já existia')")
+    assert run_cli("migrate", db_url=supabase.postgres_url).returncode == 0
+    assert len(supabase.api("select id from public.dores", role="anon")) == 1  # as its owner left it
+    assert supabase.api("select * from public.documents", role="anon") == []  # created by the pipeline: closed
+    status = run_cli("status", "--json", db_url=supabase.postgres_url)
+    assert status.returncode == 0, status.stderr
+    warnings = json.loads(status.stdout)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("public.dores: the API roles can anon delete"), warnings
+    assert "(rls_disabled_in_public)" in warnings[0]
+    assert lints(supabase.postgres_url) == [("rls_disabled_in_public", "dores")]
