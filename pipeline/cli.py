@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("backfill", "queue and embed rows whose vectors are missing or stale"),
     ):
         p = sub.add_parser(name, parents=[common], help=text, description=text)
-        p.add_argument("--table", choices=["dores", "documents", "all"], default="all")
+        _source_option(p, "only this source (default: all)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         if name == "backfill":
             p.add_argument("--rebuild", action="store_true", help="re-embed every row, stale or not")
@@ -57,25 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("failed", parents=[common], help="rows that exhausted their retries, with the reason")
-    p.add_argument("--table", choices=["dores", "documents", "all"], default="all")
+    _source_option(p, "only this source (default: all)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("retry-failed", parents=[common], help="queue failed rows again (all, a table, or one --id)")
-    p.add_argument("--table", choices=["dores", "documents", "all"], default="all")
-    p.add_argument("--id", type=int, help="only this row id (with --table)")
+    p = sub.add_parser("retry-failed", parents=[common], help="queue failed rows again (all, a source, or one --id)")
+    _source_option(p, "only this source (default: all)")
+    p.add_argument("--id", help="only the row with this key (with --source)")
 
-    p = sub.add_parser("status", parents=[common], help="model, rows, pending and failed per table")
+    p = sub.add_parser("status", parents=[common], help="model, rows, pending and failed per source")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        "search", parents=[common], help="dores (match_dores) or document chunks (match_documents) nearest to a text"
+        "search",
+        parents=[common],
+        help="the rows (or chunks) of a source nearest to a text",
+        description="Embeds the text with the database's model and calls the source's SQL function "
+        "(match_dores, match_documents, match_<source>); prints the nearest rows, or JSON with --json.",
     )
     p.add_argument("text")
-    p.add_argument("--table", choices=["dores", "documents"], default="dores")
+    _source_option(p, "the source to search (default: dores)", default="dores")
     p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
-    p.add_argument("--segmento", type=int, help="dores: only this segment")
-    p.add_argument("--hybrid", action="store_true", help="documents: fuse Portuguese full-text and vector ranks (RRF)")
-    p.add_argument("--filter", help="documents: JSON object the chunk metadata must contain")
+    p.add_argument("--segmento", type=int, help="sources with segments (dores): only this segment")
+    p.add_argument("--hybrid", action="store_true", help="documents: fuse full-text and vector ranks (RRF)")
+    p.add_argument("--filter", help="chunked sources: JSON object the chunk metadata must contain")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -140,7 +144,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["url", "stop"])
 
     sub.add_parser("demo", parents=[common], help="migrate, load the sample dores, sync, search and show status")
+
+    p = sub.add_parser(
+        "source",
+        parents=[common],
+        help="register any table as a source (add), list or remove sources",
+        description="A source is a table with a primary key (bigint, integer, uuid or text) and the text the "
+        "model reads: an SQL expression over its columns, or a comma-separated list of columns. A row source "
+        "keeps its vector in the row (columns embedding, embedding_model, content_hash, embedded_at are added); "
+        "a chunked source (--chunked) splits long texts into a table NAME_chunks. Each source gets triggers, "
+        "an HNSW index and a SQL search function public.match_NAME. A running daemon picks changes up by itself.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", parents=[common], help="register a table as a source")
+    add.add_argument("name", help="the source's name: lowercase letters, digits and _ (e.g. leads)")
+    add.add_argument("--table", required=True, help="SCHEMA.TABLE (or TABLE, in public)")
+    add.add_argument("--text", required=True, help="SQL expression over the row's columns, or col1,col2,...")
+    add.add_argument("--chunked", action="store_true", help="split long texts into chunks (a NAME_chunks table)")
+    add.add_argument("--metadata", help="chunked: columns copied into each chunk's metadata (col1,col2)")
+    add.add_argument("--language", default="portuguese", help="full-text configuration (default portuguese)")
+    add.add_argument("--no-backfill", action="store_true", help="do not queue the rows already in the table")
+    lst = actions.add_parser("list", parents=[common], help="the registered sources")
+    lst.add_argument("--json", action="store_true")
+    rm = actions.add_parser("remove", parents=[common], help="stop embedding a table; drop what the pipeline added")
+    rm.add_argument("name")
+    rm.add_argument("--drop-columns", action="store_true", help="also drop the vector columns of a row source")
     return parser
+
+
+def _source_option(p: argparse.ArgumentParser, text: str, default: str | None = None) -> None:
+    p.add_argument("--source", "--table", dest="source", default=default, metavar="NAME", help=text)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

@@ -60,8 +60,9 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _sources(table: str) -> tuple[str, ...]:
-    return ("dores", "documents") if table == "all" else (table,)
+def _sources(name: str | None) -> list[str] | None:
+    """`--source NAME` (alias `--table`): that source; none or `all`: every registered source."""
+    return None if name in (None, "all") else [name]  # type: ignore[list-item]
 
 
 class _Progress:
@@ -100,7 +101,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
     with _worker_connections(settings) as (conn, spare):
         worker = prepare_worker(conn, settings)
-        report = worker.drain(conn, _sources(args.table), spare=spare)
+        report = worker.drain(conn, _sources(args.source), spare=spare)
     return _print_report(args, report, "sync")
 
 
@@ -119,7 +120,7 @@ def _print_report(args: argparse.Namespace, report: Any, what: str) -> int:
 def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = None) -> int:
     from pipeline.sync import Worker, count_ready, prepare_worker, queue_stale
 
-    sources = _sources(args.table)
+    sources = _sources(args.source)
     with _worker_connections(settings) as (conn, spare):
         # `reembed` passes the model it has just loaded and recorded.
         worker = Worker(embedder=embedder, settings=settings) if embedder else prepare_worker(conn, settings)
@@ -149,7 +150,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     with _connection(settings) as conn:
         switch_model(conn, embedder)
     print(f"model switched to {embedder.name} ({embedder.dimension} dims); re-embedding every row")
-    args.table, args.rebuild = "all", True
+    args.source, args.rebuild = None, True
     return cmd_backfill(args, dataclasses.replace(settings, model=embedder.name), embedder)
 
 
@@ -175,7 +176,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.db import query
 
-    source = None if args.table == "all" else args.table
+    source = None if args.source in (None, "all") else args.source
     with _connection(settings) as conn:
         rows = conn.execute(query("list_failed"), {"source": source}).fetchall()
     if args.json:
@@ -193,9 +194,9 @@ def cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.db import query
 
-    source = None if args.table == "all" else args.table
+    source = None if args.source in (None, "all") else args.source
     if args.id is not None and source is None:
-        raise InputError("--id needs --table dores or --table documents")
+        raise InputError("--id needs --source NAME (e.g. --source dores)")
     with _connection(settings) as conn, conn.transaction():
         moved = conn.execute(query("retry_failed"), {"source": source, "row_id": args.id}).fetchall()
     if args.id is not None and not moved:
@@ -219,34 +220,30 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("search")
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.search import search_documents, search_dores
+    from pipeline.search import search_source
+    from pipeline.sources import load_sources
 
-    if args.table == "documents":
-        filter_ = _json_object(args.filter, "--filter") if args.filter else {}
-        with _connection(settings) as conn:
-            embedder = _query_embedder(conn, settings)
-            chunks = search_documents(conn, embedder, args.text, k=args.k, hybrid=args.hybrid, filter=filter_)
-        if args.json:
-            _print_json(chunks)
-        else:
-            for rank, chunk in enumerate(chunks, 1):
-                title = chunk["title"] or f"document {chunk['document_id']}"
-                print(f"{rank}. {chunk['similarity']:.3f}  {title} [chunk {chunk['chunk_index']}]")
-                print("   " + " ".join(chunk["content"].split())[:300])
-        return 0
-    if args.hybrid or args.filter:
-        raise InputError("--hybrid and --filter apply to --table documents")
+    filter_ = _json_object(args.filter, "--filter") if args.filter else None
     with _connection(settings) as conn:
+        (source,) = load_sources(conn, [args.source])
         embedder = _query_embedder(conn, settings)
-        rows = search_dores(conn, embedder, args.text, k=args.k, segmento=args.segmento)
+        rows = search_source(
+            conn, embedder, source, args.text, k=args.k, hybrid=args.hybrid, filter=filter_, segmento=args.segmento
+        )
     if args.json:
         _print_json(rows)
-    else:
-        for rank, row in enumerate(rows, 1):
-            segment = f" [segmento {row['segmento']}]" if row["segmento"] is not None else ""
-            print(f"{rank}. {row['similarity']:.3f}{segment} #{row['id']} {row['dor_base']}")
-            if row["solucao_graventum"]:
-                print(f"   -> {row['solucao_graventum']}")
+        return 0
+    for rank, row in enumerate(rows, 1):
+        if source.chunked:
+            title = row["title"] or f"{source.name} {row.get(source.chunk_key_column or '')}"
+            print(f"{rank}. {row['similarity']:.3f}  {title} [chunk {row['chunk_index']}]")
+            print("   " + " ".join(row["content"].split())[:300])
+            continue
+        segment = f" [segmento {row['segmento']}]" if row.get("segmento") is not None else ""
+        text = row.get("dor_base") or row.get("content") or ""
+        print(f"{rank}. {row['similarity']:.3f}{segment} #{row['id']} {' '.join(str(text).split())[:300]}")
+        if row.get("solucao_graventum"):
+            print(f"   -> {row['solucao_graventum']}")
     return 0
 
 
@@ -463,3 +460,44 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.demo import run_demo
 
     return run_demo(settings)
+
+
+@command("source")
+def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.source_admin import add_source, remove_source
+    from pipeline.sources import load_sources
+
+    with _connection(settings) as conn:
+        if args.action == "add":
+            metadata = [c.strip() for c in args.metadata.split(",") if c.strip()] if args.metadata else None
+            source, queued = add_source(
+                conn,
+                name=args.name,
+                table=args.table,
+                text=args.text,
+                chunked=args.chunked,
+                metadata=metadata,
+                language=args.language,
+                backfill=not args.no_backfill,
+            )
+            print(
+                f"source {source.name}: {source.kind} source on {source.qualified} (key {source.key_column} "
+                f"{source.key_type}), reads {', '.join(source.text_columns)}; {queued} rows queued; "
+                f"search with public.{source.search_function}(query_embedding, match_count)"
+            )
+        elif args.action == "list":
+            sources = load_sources(conn)
+            if args.json:
+                _print_json([dataclasses.asdict(s) for s in sources])
+            for s in [] if args.json else sources:
+                key = f"{s.key_column} ({s.key_type})"
+                print(f"{s.name:<16} {s.kind:<8} {s.qualified:<28} key {key:<16} {s.text_expression}")
+        else:
+            removed = remove_source(conn, args.name, drop_columns=args.drop_columns)
+            print(
+                f"source {args.name} removed: triggers, search function"
+                + (", chunks" if removed.get("chunked") else "")
+                + f" and {removed['queued_dropped']} queued rows dropped"
+                + ("; vector columns dropped" if args.drop_columns else "")
+            )
+    return 0

@@ -33,3 +33,7 @@ class InputError(PipelineError):
 
 class RowSecurityError(PipelineError):
     """Row-level security would hide rows from the worker, which would then drop their queued work."""
+
+
+class SourceUnavailable(PipelineError):
+    """A source's table (or a column its text reads) is gone; its rows stay queued."""

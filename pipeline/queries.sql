@@ -28,81 +28,22 @@ order by next_attempt_at, row_id
 limit %(limit)s
 for update skip locked
 
--- read_dores --
-select id, text, hash, (content_hash = hash and embedding_model = %(model)s and has_embedding) as current
-from (
-    select d.id,
-           pipeline.dor_text(d.dor_base, d.solucao_graventum) as text,
-           pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum)) as hash,
-           d.content_hash, d.embedding_model, d.embedding is not null as has_embedding
-    from public.dores d
-    where d.id = any(%(ids)s)
-) t
-
--- read_documents --
-select id, title, text, hash, (content_hash = hash and embedding_model = %(model)s) as current
-from (
-    select d.id, d.title,
-           pipeline.document_text(d.title, d.content) as text,
-           pipeline.content_hash(pipeline.document_text(d.title, d.content)) as hash,
-           d.content_hash, d.embedding_model
-    from public.documents d
-    where d.id = any(%(ids)s)
-) t
-
 -- create_staging --
+-- Column names are prefixed so that they never shadow a column a source's text expression reads.
 create temp table if not exists pipeline_staging (
-    row_id bigint not null,
-    chunk_index int not null default 0,
-    content text,
-    embedding vector not null,
-    content_hash text not null
+    pipeline_key text not null,
+    pipeline_chunk_index int not null default 0,
+    pipeline_content text,
+    pipeline_embedding vector not null,
+    pipeline_hash text not null
 ) on commit delete rows
 
--- copy_dores --
-copy pg_temp.pipeline_staging (row_id, embedding, content_hash) from stdin (format binary)
+-- copy_rows --
+copy pg_temp.pipeline_staging (pipeline_key, pipeline_embedding, pipeline_hash) from stdin (format binary)
 
 -- copy_chunks --
-copy pg_temp.pipeline_staging (row_id, chunk_index, content, embedding, content_hash) from stdin (format binary)
-
--- write_dores --
--- Only rows whose text is still the text that was embedded; a row changed meanwhile keeps its queue
--- row and is embedded again.
--- The new vector also gets the segment of its nearest current centroid.
-update public.dores d
-set embedding = s.embedding,
-    embedding_model = %(model)s,
-    content_hash = s.content_hash,
-    embedded_at = now(),
-    segmento = coalesce(pipeline.nearest_segment(s.embedding), d.segmento)
-from pg_temp.pipeline_staging s
-where d.id = s.row_id
-  and pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum)) = s.content_hash
-returning d.id
-
--- write_documents --
-update public.documents d
-set embedding_model = %(model)s,
-    content_hash = s.content_hash,
-    embedded_at = now()
-from (select distinct row_id, content_hash from pg_temp.pipeline_staging) s
-where d.id = s.row_id
-  and pipeline.content_hash(pipeline.document_text(d.title, d.content)) = s.content_hash
-returning d.id
-
--- delete_chunks --
-delete from public.document_chunks where document_id = any(%(ids)s)
-
--- insert_chunks --
-insert into public.document_chunks
-    (document_id, chunk_index, content, metadata, embedding, embedding_model, content_hash)
-select s.row_id, s.chunk_index, s.content,
-       d.metadata || jsonb_build_object('document_id', d.id, 'title', d.title, 'chunk_index', s.chunk_index),
-       s.embedding, %(model)s, pipeline.content_hash(s.content)
-from pg_temp.pipeline_staging s
-join public.documents d on d.id = s.row_id
-where s.row_id = any(%(ids)s)
-order by s.row_id, s.chunk_index
+copy pg_temp.pipeline_staging (pipeline_key, pipeline_chunk_index, pipeline_content, pipeline_embedding, pipeline_hash)
+from stdin (format binary)
 
 -- delete_queue --
 delete from pipeline.queue where source = %(source)s and row_id = any(%(ids)s)
@@ -125,44 +66,9 @@ select source, row_id, attempts + 1, %(error)s from gone
 on conflict (source, row_id)
 do update set attempts = excluded.attempts, error = excluded.error, failed_at = now()
 
--- queue_stale_dores --
-insert into pipeline.queue (source, row_id)
-select 'dores', d.id
-from public.dores d
-where d.embedding is null
-   or d.embedding_model is distinct from %(model)s
-   or d.content_hash is distinct from pipeline.content_hash(pipeline.dor_text(d.dor_base, d.solucao_graventum))
-on conflict (source, row_id) do nothing
-
--- queue_stale_documents --
-insert into pipeline.queue (source, row_id)
-select 'documents', d.id
-from public.documents d
-where d.embedding_model is distinct from %(model)s
-   or d.content_hash is distinct from pipeline.content_hash(pipeline.document_text(d.title, d.content))
-on conflict (source, row_id) do nothing
-
--- forget_hashes_dores --
-update public.dores set content_hash = null where content_hash is not null
-
--- forget_hashes_documents --
-update public.documents set content_hash = null where content_hash is not null
-
 -- count_ready --
-select count(*) as n from pipeline.queue where source = any(%(sources)s) and next_attempt_at <= now()
-
--- status_tables --
-select 'dores' as source,
-       (select count(*) from public.dores) as rows,
-       (select count(*) from public.dores where embedding is not null) as embedded,
-       null::bigint as chunks,
-       (select max(embedded_at) from public.dores) as last_embedded_at
-union all
-select 'documents',
-       (select count(*) from public.documents),
-       (select count(*) from public.documents where embedded_at is not null),
-       (select count(*) from public.document_chunks),
-       (select max(embedded_at) from public.documents)
+select count(*) as n from pipeline.queue
+where (%(sources)s::text[] is null or source = any(%(sources)s::text[])) and next_attempt_at <= now()
 
 -- status_lag --
 select source, pending, extract(epoch from oldest_pending_age)::float as oldest_pending_s, failed, other_model
@@ -269,7 +175,7 @@ order by failed_at desc, source, row_id
 with moved as (
     delete from pipeline.failed
     where (%(source)s::text is null or source = %(source)s)
-      and (%(row_id)s::bigint is null or row_id = %(row_id)s)
+      and (%(row_id)s::text is null or row_id = %(row_id)s::text)
     returning source, row_id
 )
 insert into pipeline.queue (source, row_id)
@@ -284,10 +190,13 @@ returning source, row_id
 select c.relnamespace::regnamespace::text || '.' || c.relname as table_name, c.relforcerowsecurity as forced
 from pg_catalog.pg_class c
 join pg_catalog.pg_roles r on r.rolname = current_user
-where c.oid = any(array[
-        to_regclass('public.dores'), to_regclass('public.documents'),
-        to_regclass('public.document_chunks'), to_regclass('public.segments')
-      ])
+where c.oid in (
+        select to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(t))
+        from pipeline.sources s, unnest(array[s.table_name, s.chunk_table]) t
+        where t is not null
+        union all
+        select to_regclass('public.segments')
+      )
   and c.relrowsecurity
   and not (r.rolsuper or r.rolbypassrls)
   and (c.relforcerowsecurity or not pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'))
@@ -299,8 +208,8 @@ where c.oid = any(array[
   )
 order by c.relname = 'dores' desc, 1
 
--- existing_ids --
-select pipeline.existing_ids(%(source)s, %(ids)s) as ids
+-- existing_keys --
+select pipeline.existing_keys(%(source)s, %(keys)s::text[]) as keys
 
 -- advisor --
 -- What Supabase's database linter (the dashboard's Security Advisor) checks, limited to the objects
@@ -311,14 +220,21 @@ with api_roles as (
 tables as (
     select c.oid, c.relname, c.relkind, c.relrowsecurity, c.reloptions, n.nspname
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-    where (n.nspname = 'public' and c.relname in ('dores', 'documents', 'document_chunks', 'segments', 'current_segments'))
+    where (n.nspname = 'public' and c.relname in ('segments', 'current_segments'))
        or (n.nspname = 'pipeline' and c.relkind in ('r', 'v'))
+       or (n.nspname, c.relname) in (
+           select s.table_schema, t from pipeline.sources s, unnest(array[s.table_name, s.chunk_table]) t
+           where t is not null
+       )
 ),
 functions as (
     select p.oid, p.proname, p.prosecdef, p.proconfig, n.nspname
     from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'pipeline'
-       or (n.nspname = 'public' and p.proname in ('match_dores', 'match_documents', 'match_documents_hybrid'))
+       or (n.nspname = 'public' and p.proname in (
+           select search_function from pipeline.sources
+           union all select search_function || '_hybrid' from pipeline.sources
+       ))
 )
 select 'rls_disabled_in_public' as lint, t.nspname || '.' || t.relname as object,
        'the API roles can ' || string_agg(distinct a.rolname || ' ' || lower(priv.p), ', ')

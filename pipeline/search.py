@@ -1,22 +1,85 @@
-"""Query embedding plus the SQL functions, for the CLI."""
+"""Query embedding plus each source's SQL search function, for the CLI and the HTTP API."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pipeline.db import Connection, query, translate_errors
+from psycopg import sql
+
+from pipeline.db import Connection, translate_errors
 from pipeline.embedding import Embedder
 from pipeline.errors import InputError
+from pipeline.sources import Source, load_sources
+
+
+def search_source(
+    conn: Connection,
+    embedder: Embedder,
+    source: Source,
+    text: str,
+    *,
+    k: int = 5,
+    hybrid: bool = False,
+    filter: dict[str, Any] | None = None,
+    segmento: int | None = None,
+) -> list[dict[str, Any]]:
+    """The `k` rows (or chunks) of `source` nearest to `text`, through its SQL function.
+
+    Chunked sources take a metadata `filter` and, where `<function>_hybrid` exists, `hybrid` (full
+    text fused with vectors); a source with a segment column takes `segmento`.
+    """
+    text = text.replace("\x00", "")
+    if filter and not source.chunked:
+        raise InputError(f"filter applies to chunked sources; {source.name} is a row source")
+    if segmento is not None and not source.segment_column:
+        raise InputError(f"segmento applies to a source with segments; {source.name} has none")
+    function = source.search_function + ("_hybrid" if hybrid else "")
+    vector = _query_vector(embedder, text, k)
+    args: dict[str, Any] = {"query_embedding": vector, "match_count": k}
+    casts = {"match_count": "int", "filter": "jsonb", "filter_segmento": "int", "query_text": "text"}
+    if hybrid:
+        args["query_text"] = text
+    if source.chunked:
+        args["filter"] = json.dumps(filter or {})
+    if segmento is not None:
+        args["filter_segmento"] = segmento
+    with translate_errors():
+        if hybrid and not conn.execute("select to_regproc(%s) as f", (f"public.{function}",)).fetchone()["f"]:
+            raise InputError(f"hybrid search is not available for source {source.name}")
+        named = sql.SQL(", ").join(
+            sql.SQL("{} => {}{}").format(
+                sql.Identifier(name), sql.Placeholder(name), sql.SQL(f"::{casts[name]}" if name in casts else "")
+            )
+            for name in args
+        )
+        statement = sql.SQL("select * from {}({})").format(sql.Identifier("public", function), named)
+        rows = conn.execute(statement, args).fetchall()
+    if not source.chunked:
+        return [{**row, "similarity": round(float(row["similarity"]), 4)} for row in rows]
+    results = []
+    for row in rows:
+        metadata = row["metadata"] or {}
+        result = {
+            "id": row["id"],
+            source.chunk_key_column or "key": metadata.get(source.chunk_key_column or ""),
+            "title": metadata.get("title"),
+            "chunk_index": metadata.get("chunk_index"),
+            "similarity": round(float(row["similarity"]), 4),
+            "content": row["content"],
+        }
+        if hybrid:
+            result["score"] = round(float(row["score"]), 6)
+        results.append(result)
+    return results
 
 
 def search_dores(
     conn: Connection, embedder: Embedder, text: str, *, k: int = 5, segmento: int | None = None
 ) -> list[dict[str, Any]]:
     """The `k` dores nearest to `text`, through `match_dores`."""
-    vector = _query_vector(embedder, text, k)
-    with translate_errors():
-        rows = conn.execute(query("match_dores"), {"embedding": vector, "k": k, "segmento": segmento}).fetchall()
-    return [{**row, "similarity": round(float(row["similarity"]), 4)} for row in rows]
+    (source,) = load_sources(conn, ["dores"])
+    return search_source(conn, embedder, source, text, k=k, segmento=segmento)
 
 
 def search_documents(
@@ -29,28 +92,8 @@ def search_documents(
     filter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The `k` chunks nearest to `text` (`match_documents`), or fused with full text (`match_documents_hybrid`)."""
-    import json
-
-    text = text.replace("\x00", "")
-    vector = _query_vector(embedder, text, k)
-    params = {"embedding": vector, "k": k, "filter": json.dumps(filter or {}), "text": text}
-    with translate_errors():
-        rows = conn.execute(query("match_documents_hybrid" if hybrid else "match_documents"), params).fetchall()
-    results = []
-    for row in rows:
-        metadata = row["metadata"] or {}
-        result = {
-            "id": row["id"],
-            "document_id": metadata.get("document_id"),
-            "title": metadata.get("title"),
-            "chunk_index": metadata.get("chunk_index"),
-            "similarity": round(float(row["similarity"]), 4),
-            "content": row["content"],
-        }
-        if hybrid:
-            result["score"] = round(float(row["score"]), 6)
-        results.append(result)
-    return results
+    (source,) = load_sources(conn, ["documents"])
+    return search_source(conn, embedder, source, text, k=k, hybrid=hybrid, filter=filter)
 
 
 def _query_vector(embedder: Embedder, text: str, k: int) -> Any:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
 from pipeline.db import Connection, query, translate_errors
 from pipeline.migrations import pending
 from pipeline.security import advisor
+from pipeline.sources import load_sources
 from pipeline.sync import recorded_model
 
 
@@ -16,10 +19,18 @@ def status(conn: Connection) -> dict[str, Any]:
     if missing:
         return {"migrations_pending": missing, "model": None, "tables": []}
     model, dimension = recorded_model(conn)
+    warnings: list[str] = []
     with translate_errors():
-        tables = {row["source"]: dict(row) for row in conn.execute(query("status_tables"))}
-        for row in conn.execute(query("status_lag")):
-            tables[row["source"]].update(row)
+        lag = {row["source"]: row for row in conn.execute(query("status_lag"))}
+        tables = {}
+        for source in load_sources(conn):
+            try:
+                with conn.transaction():
+                    counts = conn.execute(source.status_query()).fetchone()
+            except psycopg.errors.UndefinedTable:
+                counts = {"rows": None, "embedded": None, "chunks": None, "last_embedded_at": None}
+                warnings.append(f"source {source.name}: table {source.qualified} is gone (`pipeline source remove`)")
+            tables[source.name] = {**counts, **lag[source.name]}
     result = []
     for source, row in tables.items():
         last = row["last_embedded_at"]
@@ -36,7 +47,7 @@ def status(conn: Connection) -> dict[str, Any]:
                 "last_sync": last.isoformat() if last else None,
             }
         )
-    warnings = [str(finding) for finding in advisor(conn)]
+    warnings += [str(finding) for finding in advisor(conn)]
     return {"migrations_pending": [], "model": model, "dimension": dimension, "tables": result, "warnings": warnings}
 
 
@@ -48,13 +59,17 @@ def format_status(data: dict[str, Any]) -> str:
         f"model: {data['model'] or '(none yet: run pipeline sync)'}"
         + (f" ({data['dimension']} dims)" if data["model"] else "")
     ]
-    header = f"{'table':<10} {'rows':>8} {'embedded':>9} {'pending':>8} {'failed':>7} {'oldest pending':>15}  last sync"
+    width = max([10, *(len(row["table"]) + 1 for row in data["tables"])])
+    header = (
+        f"{'source':<{width}} {'rows':>8} {'embedded':>9} {'pending':>8} {'failed':>7} {'oldest pending':>15}"
+        "  last sync"
+    )
     lines.append(header)
     for row in data["tables"]:
         oldest = f"{row['oldest_pending_s']:.0f}s" if row["oldest_pending_s"] is not None else "-"
         lines.append(
-            f"{row['table']:<10} {row['rows']:>8} {row['embedded']:>9} {row['pending']:>8} {row['failed']:>7} "
-            f"{oldest:>15}  {row['last_sync'] or '-'}"
+            f"{row['table']:<{width}} {_n(row['rows']):>8} {_n(row['embedded']):>9} {row['pending']:>8} "
+            f"{row['failed']:>7} {oldest:>15}  {row['last_sync'] or '-'}"
         )
         if row["chunks"]:
             lines[-1] += f"  ({row['chunks']} chunks)"
@@ -64,3 +79,7 @@ def format_status(data: dict[str, Any]) -> str:
             )
     lines.extend(f"warning: {warning}" for warning in data.get("warnings", []))
     return "\n".join(lines)
+
+
+def _n(value: Any) -> Any:
+    return "-" if value is None else value

@@ -15,16 +15,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import psycopg
 
 from pipeline.chunking import chunk_text
 from pipeline.config import Settings
 from pipeline.db import Connection, query, translate_errors
 from pipeline.embedding import Embedder, ResolvedModel
-from pipeline.errors import ModelMismatchError, PipelineError, RowSecurityError
+from pipeline.errors import ModelMismatchError, PipelineError, RowSecurityError, SourceUnavailable
+from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("dores", "documents")
 RETRY_CAP_S = 600.0
 
 
@@ -98,19 +99,22 @@ def record_model(conn: Connection, embedder: Embedder) -> None:
 
 @dataclasses.dataclass
 class Batch:
-    """A claimed batch between its two phases: embedded, not yet written. Its transaction is open."""
+    """A claimed batch between its two phases: embedded, not yet written. Its transaction is open.
+
+    Keys are the source rows' primary keys as text, whatever their type.
+    """
 
     conn: Connection
-    source: str
-    claimed: dict[int, int]
+    source: Source
+    claimed: dict[str, int]
     rows: list[dict[str, Any]]
-    finished: set[int]
+    finished: set[str]
     report: SyncReport
     started: float
     texts: list[str] = dataclasses.field(default_factory=list)
-    owners: list[int] = dataclasses.field(default_factory=list)
+    owners: list[str] = dataclasses.field(default_factory=list)
     vectors: Any = None
-    errors: dict[int, str] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Worker:
@@ -119,6 +123,7 @@ class Worker:
     A batch has two phases in one transaction: `begin` (claim, read, embed: the model's time) and
     `finish` (write vectors, delete queue rows, commit: the database's time, mostly HNSW inserts).
     `drain` with a second connection overlaps the `finish` of one batch with the `begin` of the next.
+    What differs between sources (their table, key, text, row or chunked) is read from the `Source`.
     """
 
     def __init__(
@@ -126,7 +131,7 @@ class Worker:
         *,
         embedder: Embedder,
         settings: Settings,
-        before_write: Callable[[str, Sequence[int]], None] | None = None,
+        before_write: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
         self.embedder = embedder
         self.settings = settings
@@ -136,45 +141,54 @@ class Worker:
 
     # -- one batch -------------------------------------------------------------------------------
 
-    def run_batch(self, conn: Connection, source: str, limit: int | None = None) -> SyncReport:
+    def run_batch(self, conn: Connection, source: Source | str, limit: int | None = None) -> SyncReport:
         """Claim and process up to `limit` rows of `source` in one transaction."""
+        if isinstance(source, str):
+            (source,) = load_sources(conn, [source])
         batch = self.begin(conn, source, limit)
         return self.finish(batch) if batch else SyncReport()
 
-    def begin(self, conn: Connection, source: str, limit: int | None = None) -> Batch | None:
+    def begin(self, conn: Connection, source: Source, limit: int | None = None) -> Batch | None:
         """Open a transaction, claim rows, read and embed them; None (and no transaction) if none is ready."""
         started = time.perf_counter()
         if limit is None:
-            limit = self.settings.claim_size if source == "dores" else max(self.settings.claim_size // 16, 1)
+            limit = max(self.settings.claim_size // 16, 1) if source.chunked else self.settings.claim_size
         with translate_errors():
             conn.execute("begin")
             try:
                 claimed = {
                     row["row_id"]: row["attempts"]
-                    for row in conn.execute(query("claim"), {"source": source, "limit": limit})
+                    for row in conn.execute(query("claim"), {"source": source.name, "limit": limit})
                 }
                 if not claimed:
                     conn.rollback()
                     return None
-                read = "read_dores" if source == "dores" else "read_documents"
-                rows = conn.execute(query(read), {"ids": list(claimed), "model": self.embedder.name}).fetchall()
-                missing = set(claimed) - {r["id"] for r in rows}
+                try:
+                    rows, unreadable = self._read(conn, source, claimed)
+                except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+                    raise SourceUnavailable(
+                        f"source {source.name}: {str(exc).strip().splitlines()[0]}; its rows stay queued "
+                        f"(`pipeline source remove {source.name}` drops them)"
+                    ) from exc
+                missing = set(claimed) - {r["key"] for r in rows} - set(unreadable)
                 if missing:
-                    check_deleted(conn, source, missing)
-                batch = Batch(conn, source, claimed, [], missing, SyncReport(source=source), started)
+                    check_deleted(conn, source.name, missing)
+                batch = Batch(conn, source, claimed, [], missing, SyncReport(source=source.name), started)
                 batch.report.deleted = len(batch.finished)  # source row gone: nothing to do
+                for key, reason in unreadable.items():
+                    self._fail(batch, key, reason, permanent=True)
                 for row in rows:
                     if row["current"]:
-                        batch.finished.add(row["id"])
+                        batch.finished.add(row["key"])
                         batch.report.unchanged += 1
                     elif not row["text"].strip():
-                        self._fail(batch, row["id"], "empty text: nothing to embed", permanent=True)
-                    elif source == "documents" and len(row["text"]) > self.settings.max_document_chars:
+                        self._fail(batch, row["key"], "empty text: nothing to embed", permanent=True)
+                    elif source.chunked and len(row["text"]) > self.settings.max_document_chars:
                         reason = (
                             f"document too long: {len(row['text'])} characters, the limit is "
                             f"{self.settings.max_document_chars} (PIPELINE_MAX_DOCUMENT_CHARS); split it"
                         )
-                        self._fail(batch, row["id"], reason, permanent=True)
+                        self._fail(batch, row["key"], reason, permanent=True)
                     else:
                         batch.rows.append(row)
                 self._embed(batch)
@@ -183,46 +197,74 @@ class Worker:
                 raise
         return batch
 
+    def _read(
+        self, conn: Connection, source: Source, claimed: dict[str, int]
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The claimed rows' texts; and the keys whose text expression raised, with the reason.
+
+        When the whole read fails (a text expression that raises for some row, a key that is not of
+        the table's type), each row is read alone, so the bad ones fail and the others go on.
+        """
+        params = {"keys": list(claimed), "model": self.embedder.name}
+        statement = source.read_query()
+        conn.execute("savepoint pipeline_read")
+        try:
+            return conn.execute(statement, params).fetchall(), {}
+        except psycopg.errors.DataError:
+            conn.execute("rollback to savepoint pipeline_read")
+        rows: list[dict[str, Any]] = []
+        unreadable: dict[str, str] = {}
+        for key in claimed:
+            try:
+                rows.extend(conn.execute(statement, {**params, "keys": [key]}).fetchall())
+                conn.execute("release savepoint pipeline_read")
+                conn.execute("savepoint pipeline_read")
+            except psycopg.errors.DataError as exc:
+                conn.execute("rollback to savepoint pipeline_read")
+                unreadable[key] = f"the text expression failed for this row: {str(exc).strip().splitlines()[0]}"[:1000]
+        return rows, unreadable
+
     def finish(self, batch: Batch) -> SyncReport:
         """Write the vectors of an embedded batch, delete its queue rows and commit."""
         conn, report = batch.conn, batch.report
         with translate_errors():
             try:
                 if batch.rows and self.before_write:
-                    self.before_write(batch.source, [row["id"] for row in batch.rows])
+                    self.before_write(batch.source.name, [row["key"] for row in batch.rows])
                 if batch.rows:
                     written = self._write(batch)
                     batch.finished.update(written)
                     report.embedded = len(written)
                     report.requeued = len(batch.rows) - len(written) - len(batch.errors)
-                for row_id, error in batch.errors.items():
-                    self._fail(batch, row_id, error, permanent=batch.claimed[row_id] + 1 >= self.settings.max_attempts)
+                for key, error in batch.errors.items():
+                    self._fail(batch, key, error, permanent=batch.claimed[key] + 1 >= self.settings.max_attempts)
                 if batch.finished:
-                    conn.execute(query("delete_queue"), {"source": batch.source, "ids": list(batch.finished)})
+                    conn.execute(query("delete_queue"), {"source": batch.source.name, "ids": list(batch.finished)})
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 raise
         report.batches = 1
         report.seconds = time.perf_counter() - batch.started
+        name = batch.source.name
         if report.embedded:
             logger.info(
                 "%s: %d rows embedded in %.2fs (%.0f rows/s)%s",
-                batch.source,
+                name,
                 report.embedded,
                 report.seconds,
                 report.embedded / report.seconds,
                 f", {report.chunks} chunks" if report.chunks else "",
             )
         if report.requeued:
-            logger.info("%s: %d rows changed while embedding, queued again", batch.source, report.requeued)
+            logger.info("%s: %d rows changed while embedding, queued again", name, report.requeued)
         return report
 
     def _embed(self, batch: Batch) -> None:
-        """Chunk (documents) and embed; a failing batch is retried owner by owner."""
-        if batch.source == "dores":
+        """Chunk (chunked sources) and embed; a failing batch is retried owner by owner."""
+        if not batch.source.chunked:
             batch.texts = [row["text"] for row in batch.rows]
-            batch.owners = [row["id"] for row in batch.rows]
+            batch.owners = [row["key"] for row in batch.rows]
         else:
             tokenizer = getattr(self.embedder, "tokenizer", None)
             for row in batch.rows:
@@ -231,17 +273,17 @@ class Worker:
                         row["text"], tokenizer, max_tokens=self.chunk_tokens, overlap=self.settings.chunk_overlap
                     )
                 except Exception as exc:
-                    batch.errors[row["id"]] = f"chunking failed: {type(exc).__name__}: {exc}"[:1000]
+                    batch.errors[row["key"]] = f"chunking failed: {type(exc).__name__}: {exc}"[:1000]
                     continue
                 batch.texts.extend(pieces)
-                batch.owners.extend([row["id"]] * len(pieces))
+                batch.owners.extend([row["key"]] * len(pieces))
         try:
             batch.vectors = self.embedder.embed(batch.texts)
             return
         except Exception as exc:  # a bad row, or a model problem: find out row by row
             logger.warning("batch of %d texts failed (%s); retrying row by row", len(batch.texts), exc)
         batch.vectors = np.zeros((len(batch.texts), self.embedder.dimension), dtype=np.float32)
-        by_owner: dict[int, list[int]] = {}
+        by_owner: dict[str, list[int]] = {}
         for position, owner in enumerate(batch.owners):
             by_owner.setdefault(owner, []).append(position)
         for owner, positions in by_owner.items():
@@ -250,45 +292,44 @@ class Worker:
             except Exception as exc:
                 batch.errors[owner] = f"{type(exc).__name__}: {exc}"[:1000]
 
-    def _write(self, batch: Batch) -> set[int]:
-        """COPY the vectors into the staging table, then write them; return the ids written."""
-        conn, errors = batch.conn, batch.errors
+    def _write(self, batch: Batch) -> set[str]:
+        """COPY the vectors into the staging table, then write them; return the keys written."""
+        conn, errors, source = batch.conn, batch.errors, batch.source
         conn.execute(query("create_staging"))
-        hashes = {row["id"]: row["hash"] for row in batch.rows}
+        hashes = {row["key"]: row["hash"] for row in batch.rows}
         params = {"model": self.embedder.name}
-        if batch.source == "dores":
-            with conn.cursor().copy(query("copy_dores")) as copy:
-                copy.set_types(["int8", "vector", "text"])
+        if not source.chunked:
+            with conn.cursor().copy(query("copy_rows")) as copy:
+                copy.set_types(["text", "vector", "text"])
                 for owner, vector in zip(batch.owners, batch.vectors, strict=True):
                     if owner not in errors:
                         copy.write_row((owner, vector, hashes[owner]))
-            return {r["id"] for r in conn.execute(query("write_dores"), params)}
+            return {r["key"] for r in conn.execute(source.write_query(), params)}
         index, previous = 0, None
         with conn.cursor().copy(query("copy_chunks")) as copy:
-            copy.set_types(["int8", "int4", "text", "vector", "text"])
+            copy.set_types(["text", "int4", "text", "vector", "text"])
             for owner, text, vector in zip(batch.owners, batch.texts, batch.vectors, strict=True):
                 index = index + 1 if owner == previous else 0
                 previous = owner
                 if owner not in errors:
                     copy.write_row((owner, index, text, vector, hashes[owner]))
-        written = {r["id"] for r in conn.execute(query("write_documents"), params)}
+        written = {r["key"] for r in conn.execute(source.write_query(), params)}
         if written:
-            conn.execute(query("delete_chunks"), {"ids": list(written)})
-            batch.report.chunks = conn.execute(query("insert_chunks"), {**params, "ids": list(written)}).rowcount
+            conn.execute(source.delete_chunks_query(), {"keys": list(written)})
+            batch.report.chunks = conn.execute(source.insert_chunks_query(), {**params, "keys": list(written)}).rowcount
         return written
 
-    def _fail(self, batch: Batch, row_id: int, error: str, *, permanent: bool) -> None:
-        attempts = batch.claimed[row_id] + 1
-        params = {"source": batch.source, "row_id": row_id, "error": error}
+    def _fail(self, batch: Batch, key: str, error: str, *, permanent: bool) -> None:
+        attempts = batch.claimed[key] + 1
+        name = batch.source.name
+        params = {"source": name, "row_id": key, "error": error}
         if permanent:
-            logger.warning("%s row %d failed for good after %d attempts: %s", batch.source, row_id, attempts, error)
+            logger.warning("%s row %s failed for good after %d attempts: %s", name, key, attempts, error)
             batch.conn.execute(query("move_to_failed"), params)
             batch.report.failed += 1
         else:
             delay = retry_delay(attempts, self.settings.retry_delay)
-            logger.warning(
-                "%s row %d failed (attempt %d), retrying in %.0fs: %s", batch.source, row_id, attempts, delay, error
-            )
+            logger.warning("%s row %s failed (attempt %d), retrying in %.0fs: %s", name, key, attempts, delay, error)
             batch.conn.execute(query("retry_later"), {**params, "delay": delay})
             batch.report.retried += 1
 
@@ -297,7 +338,7 @@ class Worker:
     def drain(
         self,
         conn: Connection,
-        sources: Sequence[str] = SOURCES,
+        sources: Sequence[Source | str] | None = None,
         *,
         spare: Connection | None = None,
         stop: threading.Event | None = None,
@@ -305,9 +346,13 @@ class Worker:
     ) -> SyncReport:
         """Process batches until no row is ready (or `stop` is set); return the totals.
 
-        With a `spare` connection, each batch is written and committed on a background thread while the
-        next one is claimed and embedded on the other connection (SKIP LOCKED keeps them apart).
+        `sources` defaults to every registered source, read afresh on each call (a source added while
+        a daemon runs is picked up by its next drain). Sources take turns, batch by batch, so a backlog
+        in one never starves another. With a `spare` connection, each batch is written and committed on
+        a background thread while the next one is claimed and embedded on the other connection
+        (SKIP LOCKED keeps them apart).
         """
+        resolved = _resolve(conn, sources)
         total = SyncReport()
         started = time.perf_counter()
 
@@ -317,12 +362,16 @@ class Worker:
                 on_batch(report)
 
         if spare is None:
-            active = list(sources)
+            active = list(resolved)
             while active and not (stop and stop.is_set()):
                 for source in list(active):
                     if stop and stop.is_set():
                         break
-                    report = self.run_batch(conn, source)
+                    try:
+                        report = self.run_batch(conn, source)
+                    except SourceUnavailable as exc:
+                        logger.warning("%s", exc)
+                        report = SyncReport()
                     if report.claimed == 0:
                         active.remove(source)
                     else:
@@ -333,14 +382,23 @@ class Worker:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         connections = [conn, spare]
+        unavailable: set[str] = set()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
             writing: Future[SyncReport] | None = None
             turn = 0
             while not (stop and stop.is_set()):
                 batch = None
                 try:
-                    for source in sources:
-                        batch = self.begin(connections[turn % 2], source)
+                    for offset in range(len(resolved)):  # round robin: start after the last source served
+                        source = resolved[(turn + offset) % len(resolved)]
+                        if source.name in unavailable:
+                            continue
+                        try:
+                            batch = self.begin(connections[turn % 2], source)
+                        except SourceUnavailable as exc:
+                            logger.warning("%s", exc)
+                            unavailable.add(source.name)
+                            continue
                         if batch:
                             break
                 finally:
@@ -364,35 +422,52 @@ class Worker:
         return total
 
 
-def check_deleted(conn: Connection, source: str, ids: set[int]) -> None:
+def _resolve(conn: Connection, sources: Sequence[Source | str] | None) -> list[Source]:
+    if sources is None:
+        return load_sources(conn)
+    names = [s for s in sources if isinstance(s, str)]
+    loaded = {s.name: s for s in load_sources(conn, names)} if names else {}
+    return [loaded[s] if isinstance(s, str) else s for s in sources]
+
+
+def check_deleted(conn: Connection, source: str, keys: set[str]) -> None:
     """Make sure rows the worker could not read are deleted, not hidden by row-level security.
 
     Only a deleted row's queue row may go; a hidden one's must stay, so the batch is refused instead.
     """
-    row = conn.execute(query("existing_ids"), {"source": source, "ids": sorted(ids)}).fetchone()
-    hidden = sorted(row["ids"]) if row and row["ids"] else []
+    row = conn.execute(query("existing_keys"), {"source": source, "keys": sorted(keys)}).fetchone()
+    hidden = sorted(row["keys"]) if row and row["keys"] else []
     if hidden:
-        shown = ", ".join(map(str, hidden[:5])) + (", ..." if len(hidden) > 5 else "")
+        shown = ", ".join(hidden[:5]) + (", ..." if len(hidden) > 5 else "")
         raise RowSecurityError(
             f"{len(hidden)} queued {source} rows exist but are hidden from this role by row-level security "
-            f"(ids {shown}); their queue rows are kept. Give the worker BYPASSRLS (docs/security.md)"
+            f"(keys {shown}); their queue rows are kept. Give the worker BYPASSRLS (docs/security.md)"
         )
 
 
-def count_ready(conn: Connection, sources: Sequence[str] = SOURCES) -> int:
+def count_ready(conn: Connection, sources: Sequence[Source | str] | None = None) -> int:
+    names = [s if isinstance(s, str) else s.name for s in sources] if sources is not None else None
     with translate_errors():
-        row = conn.execute(query("count_ready"), {"sources": list(sources)}).fetchone()
+        row = conn.execute(query("count_ready"), {"sources": names}).fetchone()
     return int(row["n"]) if row else 0
 
 
-def queue_stale(conn: Connection, *, sources: Sequence[str], model: str, rebuild: bool = False) -> int:
+def queue_stale(
+    conn: Connection, *, sources: Sequence[Source | str] | None = None, model: str, rebuild: bool = False
+) -> int:
     """Queue every row whose vectors are missing or stale (or every row, with `rebuild`)."""
     queued = 0
+    resolved = _resolve(conn, sources)
     with translate_errors(), conn.transaction():
-        for source in sources:
+        for source in resolved:
             if rebuild:
-                conn.execute(query(f"forget_hashes_{source}"))
-            queued += conn.execute(query(f"queue_stale_{source}"), {"model": model}).rowcount
+                conn.execute(source.forget_hashes_query())
+            conn.execute("savepoint pipeline_stale")
+            try:
+                queued += conn.execute(source.queue_stale_query(), {"model": model}).rowcount
+            except psycopg.errors.DataError:  # the text expression raises for some row: the worker sorts it out
+                conn.execute("rollback to savepoint pipeline_stale")
+                queued += conn.execute(source.queue_all_query()).rowcount
     return queued
 
 

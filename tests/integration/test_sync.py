@@ -28,7 +28,7 @@ def stored(conn: Any, row_id: int) -> dict[str, Any]:
 
 
 def queue(conn: Any) -> list[tuple[str, int]]:
-    return [(r["source"], r["row_id"]) for r in conn.execute("select source, row_id from pipeline.queue")]
+    return [(r["source"], int(r["row_id"])) for r in conn.execute("select source, row_id from pipeline.queue")]
 
 
 def test_vectors_equal_the_models_own(conn: Any, worker: Worker, embedder: Any) -> None:
@@ -168,13 +168,13 @@ def test_bad_rows_are_embedded_or_failed_by_rule(conn: Any, worker: Worker) -> N
     assert report.failed == 2
     for row_id in (good, huge, emoji, mixed, sqlish):
         assert stored(conn, row_id)["embedding"] is not None
-    failed = {r["row_id"]: r["error"] for r in conn.execute("select row_id, error from pipeline.failed")}
+    failed = {r["row_id"]: r["error"] for r in conn.execute("select row_id::bigint as row_id, error from pipeline.failed")}
     assert set(failed) == {empty, blank}
     assert all("empty text" in error for error in failed.values())
     assert queue(conn) == []
     # Fixing the text takes the row out of `failed` and queues it again.
     conn.execute("update dores set dor_base = 'agora tem texto' where id = %s", (empty,))
-    assert conn.execute("select count(*) as n from pipeline.failed where row_id = %s", (empty,)).fetchone()["n"] == 0
+    assert conn.execute("select count(*) as n from pipeline.failed where row_id = %s", (str(empty),)).fetchone()["n"] == 0
     assert worker.drain(conn).embedded == 1
 
 
@@ -188,7 +188,7 @@ def test_poison_row_backs_off_then_fails_and_others_go_on(
     attempt = conn.execute("select attempts, last_error from pipeline.queue").fetchone()
     assert attempt["attempts"] == 1 and "poison" in attempt["last_error"]
     worker.drain(conn)  # retry_delay is 0 in tests: tries until max_attempts (3)
-    failed = conn.execute("select row_id, attempts, error from pipeline.failed").fetchall()
+    failed = conn.execute("select row_id::bigint as row_id, attempts, error from pipeline.failed").fetchall()
     assert [(r["row_id"], r["attempts"]) for r in failed] == [(ids[1], 3)]
     assert queue(conn) == []
     assert stored(conn, ids[0])["embedding"] is not None and stored(conn, ids[2])["embedding"] is not None
@@ -289,7 +289,7 @@ def test_huge_document_is_refused_by_rule(conn: Any, worker: Worker) -> None:
     ).fetchone()["id"]
     report = worker.drain(conn)
     assert report.embedded == 1 and report.failed == 1
-    failed = conn.execute("select row_id, error from pipeline.failed").fetchall()
+    failed = conn.execute("select row_id::bigint as row_id, error from pipeline.failed").fetchall()
     assert failed[0]["row_id"] == huge and "document too long: 5242888 characters" in failed[0]["error"]  # title too
     assert (
         conn.execute("select count(*) as n from document_chunks where document_id = %s", (small,)).fetchone()["n"] == 1

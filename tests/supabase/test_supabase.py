@@ -115,7 +115,7 @@ def test_anon_and_authenticated_read_and_change_nothing_after_a_plain_migrate(su
             "select * from public.current_segments",
             "select * from pipeline.queue",
             "insert into pipeline.queue (source, row_id) values ('dores', 1)",
-            "select pipeline.existing_ids('dores', array[1::bigint])",
+            "select pipeline.existing_keys('dores', array['1'])",
         ]
         for statement in refused:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -201,7 +201,7 @@ def test_a_worker_hidden_by_row_level_security_refuses_and_keeps_the_queue(supab
         conn.execute("grant usage on schema pipeline, extensions to pipeline_reader")
         conn.execute("grant select, update on public.dores, public.documents to pipeline_reader")
         conn.execute("grant select, insert, update, delete on all tables in schema pipeline to pipeline_reader")
-        conn.execute("grant execute on function pipeline.existing_ids(text, bigint[]) to pipeline_reader")
+        conn.execute("grant execute on function pipeline.existing_keys(text, text[]) to pipeline_reader")
     url = _limited_worker(supabase)
     queued = "select count(*) from pipeline.queue"
     result = run_cli("sync", db_url=url)

@@ -11,6 +11,7 @@ RELEASED = {
     "0003_hybrid_search.sql": "6e248f715128d0b986adfc5fb89f20e8ce1548b18c0ee0409a7d9c93c4178c15",
     "0004_trigger_privileges.sql": "7f0d88ab6b92df02e8f3d86dcb608e236f3ff6b6265f3897c27e728faa0bf621",
     "0005_secure_by_default.sql": "2907f2d9500701548e2e002ad62685916ed90be4be89219cc929f8810e8fdd40",
+    "0006_sources.sql": "2d3d1b1f66cecb7b9ae4c347ae2f12c62ccef341055cba2c020f282d6661ab01",
 }
 
 

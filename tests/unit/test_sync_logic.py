@@ -21,7 +21,7 @@ def test_reports_add_up() -> None:
 
 def test_named_queries_load_and_are_distinct() -> None:
     named = queries()
-    assert {"claim", "write_dores", "delete_queue", "move_to_failed", "queue_stale_dores"} <= set(named)
+    assert {"claim", "create_staging", "copy_rows", "delete_queue", "move_to_failed"} <= set(named)
     assert "for update skip locked" in named["claim"]
     assert all(any(line and not line.startswith("--") for line in body.splitlines()) for body in named.values())
 

@@ -1,0 +1,338 @@
+"""`pipeline source add | remove`: register any table as a source, or take it out, in one transaction.
+
+Adding validates everything first (the table, its primary key, the text expression compiled against
+the table), then adds the vector columns (row) or a table of chunks (chunked), an HNSW index, the
+queue triggers and a search function `public.match_NAME`, records the source in `pipeline.sources`
+and queues the rows already there. Either all of it happens or none of it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pipeline.db import Connection, query, translate_errors
+from pipeline.errors import InputError
+from pipeline.sources import Source, load_sources
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*\s*$")
+KEY_TYPES = {"int8": "bigint", "int4": "integer", "int2": "integer", "uuid": "uuid", "text": "text", "varchar": "text"}
+TRIGGER_FUNCTIONS = ("enqueue_row", "forget_row", "forget_table", "notify_queue")
+
+TABLE_INFO = """
+select c.oid, n.nspname as schema, c.relname as name, c.relkind,
+       (select array_agg(a.attname::text order by k.ord)
+        from unnest(i.indkey) with ordinality k(attnum, ord)
+        join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as key_columns,
+       (select t.typname::text from pg_attribute a join pg_type t on t.oid = a.atttypid
+        where a.attrelid = c.oid and a.attnum = i.indkey[0]) as key_type
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_index i on i.indrelid = c.oid and i.indisprimary
+where c.oid = to_regclass(%(table)s)
+"""
+
+COLUMNS_READ = """
+select distinct a.attname::text as name
+from pg_depend d
+join pg_rewrite r on r.oid = d.objid
+join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+where r.ev_class = 'pg_temp.pipeline_source_check'::regclass and d.refobjid = %(table)s::oid and d.refobjsubid > 0
+order by 1
+"""
+
+
+def add_source(
+    conn: Connection,
+    *,
+    name: str,
+    table: str,
+    text: str,
+    chunked: bool = False,
+    metadata: list[str] | None = None,
+    language: str = "portuguese",
+    backfill: bool = True,
+) -> tuple[Source, int]:
+    """Register `table` as source `name`; return it and the number of rows queued."""
+    if not NAME.match(name):
+        raise InputError(f"source name {name!r}: use lowercase letters, digits and _ (starting with a letter)")
+    with translate_errors(), conn.transaction():
+        if conn.execute("select 1 from pipeline.sources where name = %s", (name,)).fetchone():
+            raise InputError(f"a source named {name} exists already (`pipeline source list`)")
+        info = conn.execute(TABLE_INFO, {"table": table}).fetchone()
+        if info is None or info["relkind"] not in ("r", "p"):
+            raise InputError(f"--table {table}: no such table (give SCHEMA.TABLE)")
+        qualified = f"{info['schema']}.{info['name']}"
+        taken = conn.execute(
+            "select name from pipeline.sources where table_schema = %s and table_name = %s",
+            (info["schema"], info["name"]),
+        ).fetchone()
+        if taken:
+            raise InputError(f"{qualified} is already the table of source {taken['name']}")
+        if not info["key_columns"] or len(info["key_columns"]) != 1:
+            raise InputError(f"{qualified} needs a primary key of one column to be a source")
+        key_type = KEY_TYPES.get(info["key_type"])
+        if key_type is None:
+            raise InputError(f"{qualified}: primary key of type {info['key_type']}; bigint, integer, uuid or text work")
+        key_column = info["key_columns"][0]
+        columns = {
+            r["attname"]: r["type"]
+            for r in conn.execute(
+                "select attname::text, format_type(atttypid, atttypmod) as type from pg_attribute"
+                " where attrelid = %s and attnum > 0 and not attisdropped",
+                (info["oid"],),
+            )
+        }
+        expression = _text_expression(text, columns)
+        text_columns = _columns_read(conn, info["oid"], qualified, expression)
+        metadata = metadata or []
+        unknown = [c for c in metadata if c not in columns]
+        if unknown:
+            raise InputError(f"--metadata: {qualified} has no column {', '.join(unknown)}")
+        if metadata and not chunked:
+            raise InputError("--metadata applies to chunked sources (--chunked)")
+        if not conn.execute(
+            "select exists (select 1 from pg_ts_config where cfgname = %s) as ok", (language,)
+        ).fetchone()["ok"]:
+            raise InputError(f"--language {language}: no such text search configuration (portuguese, english, simple)")
+        dimension = _dimension(conn)
+        source = Source(
+            name=name,
+            table_schema=info["schema"],
+            table_name=info["name"],
+            key_column=key_column,
+            key_type=key_type,
+            text_expression=expression,
+            text_columns=tuple(text_columns),
+            kind="chunked" if chunked else "row",
+            search_function=f"match_{name}",
+            language=language,
+            chunk_table=f"{name}_chunks" if chunked else None,
+            chunk_key_column=f"{name}_key" if chunked else None,
+            metadata_columns=tuple(metadata),
+        )
+        chunk_table = f"{info['schema']}.{name}_chunks"
+        if chunked and conn.execute("select to_regclass(%s) as t", (chunk_table,)).fetchone()["t"]:
+            raise InputError(f"{info['schema']}.{name}_chunks exists already: choose another source name")
+        _install(conn, source, dimension, columns)
+        conn.execute(
+            "insert into pipeline.sources (name, table_schema, table_name, key_column, key_type, text_expression,"
+            " text_columns, kind, chunk_table, chunk_key_column, metadata_columns, search_function, language)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                name, source.table_schema, source.table_name, key_column, key_type, expression, text_columns,
+                source.kind, source.chunk_table, source.chunk_key_column, metadata, source.search_function, language,
+            ),
+        )  # fmt: skip
+        queued = conn.execute(source.queue_all_query()).rowcount if backfill else 0
+        conn.execute("select pg_notify('pipeline_queue', %s)", (name,))
+    return load_sources(conn, [name])[0], queued
+
+
+def _text_expression(text: str, columns: dict[str, str]) -> str:
+    """A comma-separated list of columns becomes their texts joined by blank lines; anything else is SQL."""
+    names = [c.strip() for c in text.split(",")]
+    if COLUMN_LIST.match(text) and all(c in columns for c in names):
+        if len(names) == 1:
+            return sql.Identifier(names[0]).as_string(None)
+        joined = ", ".join(f"nullif({sql.Identifier(c).as_string(None)}::text, '')" for c in names)
+        return f"concat_ws(E'\\n\\n', {joined})"
+    if not text.strip():
+        raise InputError("--text is empty: give an SQL expression over the row's columns, or col1,col2")
+    return text.strip()
+
+
+def _columns_read(conn: Connection, oid: int, qualified: str, expression: str) -> list[str]:
+    """Compile the expression against the table (through a temporary view) and list the columns it reads."""
+    table = sql.Identifier(*qualified.split(".", 1))
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("create temp view pipeline_source_check as select ({})::text as text from {}").format(
+                    sql.SQL(expression), table
+                )
+            )
+            read = [r["name"] for r in conn.execute(COLUMNS_READ, {"table": oid})]
+            conn.execute("drop view pg_temp.pipeline_source_check")
+    except psycopg.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--text does not work on {qualified}: {message}") from None
+    if not read:
+        raise InputError(f"--text reads no column of {qualified}: nothing would ever change its text")
+    return read
+
+
+def _dimension(conn: Connection) -> int:
+    row = conn.execute(query("column_dimension")).fetchone()
+    if row and int(row["dimension"]) > 0:
+        return int(row["dimension"])
+    state = conn.execute("select value from pipeline.state where key = 'dimension'").fetchone()
+    return int(state["value"]) if state else 384
+
+
+def _install(conn: Connection, source: Source, dimension: int, columns: dict[str, str]) -> None:
+    table, name = source.table, source.name
+    key = sql.Identifier(source.key_column)
+    dim = sql.SQL(str(int(dimension)))
+    vector_schema = conn.execute(
+        "select extnamespace::regnamespace::text as s from pg_extension where extname = 'vector'"
+    ).fetchone()["s"]
+    path = f"pg_catalog, public, {vector_schema}"
+    conn.execute("select set_config('search_path', %s, true)", (path,))
+    conn.execute("select '[1]'::vector is not null")  # load pgvector, so that hnsw.ef_search can be set below
+    if "embedding" in columns and not columns["embedding"].startswith("vector"):
+        raise InputError(f"{source.qualified} has a column `embedding` of type {columns['embedding']}")
+    extra = [
+        sql.SQL("add column if not exists embedding_model text"),
+        sql.SQL("add column if not exists content_hash text"),
+        sql.SQL("add column if not exists embedded_at timestamptz"),
+    ]
+    if not source.chunked:
+        extra.insert(0, sql.SQL("add column if not exists embedding vector({})").format(dim))
+    conn.execute(sql.SQL("alter table {} {}").format(table, sql.SQL(", ").join(extra)))
+    if source.chunked:
+        chunks, ckey = source.chunks, sql.Identifier(source.chunk_key_column or "")
+        conn.execute(
+            sql.SQL(
+                "create table {chunks} (id bigint generated by default as identity primary key,"
+                " {ckey} {key_type} not null references {table} ({key}) on delete cascade,"
+                " chunk_index int not null, content text not null, metadata jsonb not null default '{{}}',"
+                " embedding vector({dim}) not null, embedding_model text not null, content_hash text not null,"
+                " fts tsvector generated always as (to_tsvector({language}::regconfig, content)) stored,"
+                " unique ({ckey}, chunk_index))"
+            ).format(
+                chunks=chunks, ckey=ckey, key_type=sql.SQL(source.key_type), table=table, key=key, dim=dim,
+                language=sql.Literal(source.language),
+            )
+        )  # fmt: skip
+        for index, method in (("embedding_idx", "hnsw (embedding vector_cosine_ops)"), ("fts_idx", "gin (fts)")):
+            conn.execute(
+                sql.SQL("create index {} on {} using {}").format(
+                    sql.Identifier(f"{name}_chunks_{index}"), chunks, sql.SQL(method)
+                )
+            )
+        conn.execute(
+            sql.SQL("create index {} on {} using gin (metadata jsonb_path_ops)").format(
+                sql.Identifier(f"{name}_chunks_metadata_idx"), chunks
+            )
+        )
+        _close_to_api_roles(conn, chunks)
+    else:
+        conn.execute(
+            sql.SQL("create index if not exists {} on {} using hnsw (embedding vector_cosine_ops)").format(
+                sql.Identifier(f"{name}_embedding_idx"), table
+            )
+        )
+    _triggers(conn, source)
+    _search_function(conn, source, dim)
+
+
+def _close_to_api_roles(conn: Connection, table: sql.Composable) -> None:
+    """A table the pipeline creates gets row-level security and nothing outside its reach (0005)."""
+    conn.execute(sql.SQL("alter table {} enable row level security").format(table))
+    for row in conn.execute("select rolname from pg_roles where rolname in ('anon', 'authenticated')").fetchall():
+        conn.execute(
+            sql.SQL("revoke truncate, references, trigger on {} from {}").format(table, sql.Identifier(row["rolname"]))
+        )
+
+
+def _triggers(conn: Connection, source: Source) -> None:
+    table, name = source.table, sql.Literal(source.name)
+    args = sql.SQL("{}, {}").format(name, sql.Literal(source.key_column))
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in source.text_columns)
+    changed = sql.SQL(" or ").join(
+        sql.SQL("old.{c} is distinct from new.{c}").format(c=sql.Identifier(c)) for c in source.text_columns
+    )
+    statements = [
+        ("enqueue_insert", "after insert on {table} for each row execute function pipeline.enqueue_row({args})"),
+        (
+            "enqueue_update",
+            "after update of {cols} on {table} for each row when ({changed})"
+            " execute function pipeline.enqueue_row({args})",
+        ),
+        ("forget", "after delete on {table} for each row execute function pipeline.forget_row({args})"),
+        ("truncate", "after truncate on {table} for each statement execute function pipeline.forget_table({name})"),
+        (
+            "notify",
+            "after insert or update of {cols} on {table} for each statement"
+            " execute function pipeline.notify_queue({name})",
+        ),
+    ]
+    for suffix, body in statements:
+        conn.execute(
+            sql.SQL("create trigger {trigger} " + body).format(
+                trigger=sql.Identifier(f"pipeline_{source.name}_{suffix}"),
+                table=table,
+                args=args,
+                cols=cols,
+                changed=changed,
+                name=name,
+            )
+        )
+
+
+def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> None:
+    """`public.match_NAME`: SECURITY INVOKER (row-level security applies), fixed search_path."""
+    function = sql.Identifier("public", source.search_function)
+    attributes = sql.SQL("language sql stable security invoker set search_path from current set hnsw.ef_search = 100")
+    if source.chunked:
+        conn.execute(
+            sql.SQL(
+                "create function {function}(query_embedding vector({dim}), match_count int default null,"
+                " filter jsonb default '{{}}')"
+                " returns table (id bigint, content text, metadata jsonb, similarity float)"
+                " {attributes} as $$ select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding)"
+                " from {chunks} c where c.metadata @> filter order by c.embedding <=> query_embedding"
+                " limit match_count $$"
+            ).format(function=function, dim=dim, attributes=attributes, chunks=source.chunks)
+        )
+        return
+    conn.execute(
+        sql.SQL(
+            "create function {function}(query_embedding vector({dim}), match_count int default 10)"
+            " returns table (id text, content text, similarity float)"
+            " {attributes} as $$ select t.{key}::text, ({text})::text, 1 - (t.embedding <=> query_embedding)"
+            " from {table} t where t.embedding is not null order by t.embedding <=> query_embedding"
+            " limit match_count $$"
+        ).format(
+            function=function, dim=dim, attributes=attributes, key=sql.Identifier(source.key_column),
+            text=sql.SQL(source.text_expression), table=source.table,
+        )
+    )  # fmt: skip
+
+
+def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) -> dict[str, Any]:
+    """Take a source out: its triggers, queue and failed rows, search function, chunks; with
+    `drop_columns`, the vector columns it added to a row source's table."""
+    (source,) = load_sources(conn, [name])
+    if source.search_function in ("match_dores", "match_documents"):
+        raise InputError(f"{name} comes with the schema and cannot be removed")
+    with translate_errors(), conn.transaction():
+        exists = conn.execute("select to_regclass(%s) as t", (source.qualified,)).fetchone()["t"] is not None
+        if exists:
+            for row in conn.execute(
+                "select t.tgname from pg_trigger t join pg_proc p on p.oid = t.tgfoid"
+                " where t.tgrelid = to_regclass(%s) and p.pronamespace = 'pipeline'::regnamespace"
+                " and p.proname = any(%s) and not t.tgisinternal",
+                (source.qualified, list(TRIGGER_FUNCTIONS)),
+            ).fetchall():
+                conn.execute(sql.SQL("drop trigger {} on {}").format(sql.Identifier(row["tgname"]), source.table))
+        conn.execute(sql.SQL("drop function if exists {}").format(sql.Identifier("public", source.search_function)))
+        if source.chunked:
+            conn.execute(sql.SQL("drop table if exists {}").format(source.chunks))
+        if drop_columns and exists:
+            columns = ["embedding_model", "content_hash", "embedded_at"] + ([] if source.chunked else ["embedding"])
+            conn.execute(
+                sql.SQL("alter table {} {}").format(
+                    source.table,
+                    sql.SQL(", ").join(sql.SQL("drop column if exists {}").format(sql.Identifier(c)) for c in columns),
+                )
+            )
+        queued = conn.execute("delete from pipeline.queue where source = %s", (name,)).rowcount
+        failed = conn.execute("delete from pipeline.failed where source = %s", (name,)).rowcount
+        conn.execute("delete from pipeline.sources where name = %s", (name,))
+    return {"source": name, "queued_dropped": queued, "failed_dropped": failed, "columns_dropped": drop_columns}

@@ -1,0 +1,231 @@
+"""Sources as data: what the worker embeds, read from `pipeline.sources`, and the SQL each one needs.
+
+A source is a table with a primary key and an SQL expression over its columns (the text the model
+reads). A `row` source keeps its vector in the row itself (`dores`); a `chunked` source splits long
+text into a table of chunks (`documents` → `document_chunks`). Statements for a source's own tables are
+composed here with `psycopg.sql.Identifier`; the text expression is SQL written by the database's
+owner (`pipeline source add`), stored in `pipeline.sources`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from psycopg import sql
+
+from pipeline.db import Connection, translate_errors
+from pipeline.errors import InputError
+
+Kind = Literal["row", "chunked"]
+KEY_TYPES = ("bigint", "integer", "uuid", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One row of `pipeline.sources`, with the SQL it takes to read and write it."""
+
+    name: str
+    table_schema: str
+    table_name: str
+    key_column: str
+    key_type: str
+    text_expression: str
+    text_columns: tuple[str, ...]
+    kind: Kind
+    search_function: str
+    language: str = "portuguese"
+    chunk_table: str | None = None
+    chunk_key_column: str | None = None
+    metadata_columns: tuple[str, ...] = ()
+    jsonb_metadata: tuple[str, ...] = ()  # the metadata columns of type jsonb: merged, not nested
+    segment_column: str | None = None
+
+    @property
+    def table(self) -> sql.Composable:
+        return sql.Identifier(self.table_schema, self.table_name)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.table_schema}.{self.table_name}"
+
+    @property
+    def chunks(self) -> sql.Composable:
+        assert self.chunk_table is not None
+        return sql.Identifier(self.table_schema, self.chunk_table)
+
+    @property
+    def chunked(self) -> bool:
+        return self.kind == "chunked"
+
+    def _parts(self) -> dict[str, sql.Composable]:
+        return {
+            "table": self.table,
+            "key": sql.Identifier(self.key_column),
+            "key_type": sql.SQL(self.key_type),
+            "text": sql.SQL(self.text_expression),
+        }
+
+    # -- the worker's statements -----------------------------------------------------------------
+
+    def read_query(self) -> sql.Composed:
+        """Texts, hashes and whether each is already embedded, for the claimed keys."""
+        embedded = sql.SQL("" if self.chunked else " and t.embedding is not null")
+        return sql.SQL(
+            "select t.{key}::text as key, x.text, pipeline.content_hash(x.text) as hash,"
+            " coalesce(t.content_hash = pipeline.content_hash(x.text) and t.embedding_model = %(model)s{embedded},"
+            " false) as current"
+            " from {table} t cross join lateral (select coalesce(({text})::text, '') as text) x"
+            " where t.{key} = any(%(keys)s::{key_type}[])"
+        ).format(embedded=embedded, **self._parts())
+
+    def write_query(self) -> sql.Composed:
+        """Write the staged vectors of rows whose text is still the text that was embedded.
+
+        A row changed meanwhile keeps its queue row and is embedded again. The staging table's column
+        names are prefixed so that they never shadow a column the text expression reads.
+        """
+        if self.chunked:
+            return sql.SQL(
+                "update {table} t set embedding_model = %(model)s, content_hash = s.pipeline_hash, embedded_at = now()"
+                " from (select distinct pipeline_key, pipeline_hash from pg_temp.pipeline_staging) s"
+                " where t.{key} = s.pipeline_key::{key_type} and {same_text}"
+                " returning t.{key}::text as key"
+            ).format(same_text=self._same_text(), **self._parts())
+        segment = sql.SQL("")
+        if self.segment_column:
+            segment = sql.SQL(", {col} = coalesce(pipeline.nearest_segment(s.pipeline_embedding), t.{col})").format(
+                col=sql.Identifier(self.segment_column)
+            )
+        return sql.SQL(
+            "update {table} t set embedding = s.pipeline_embedding, embedding_model = %(model)s,"
+            " content_hash = s.pipeline_hash, embedded_at = now(){segment}"
+            " from pg_temp.pipeline_staging s"
+            " where t.{key} = s.pipeline_key::{key_type} and {same_text}"
+            " returning t.{key}::text as key"
+        ).format(segment=segment, same_text=self._same_text(), **self._parts())
+
+    def _same_text(self) -> sql.Composed:
+        """The row's text still hashes to what was embedded. The CASE evaluates the text expression only
+        for the staged row itself (a join may pair a row with others' keys first), so a row whose
+        expression raises never breaks another row's write. It sits in the UPDATE's WHERE so that a row
+        changed by a concurrent transaction is checked again on its new version."""
+        return sql.SQL(
+            "pipeline.content_hash(case when t.{key} = s.pipeline_key::{key_type} then ({text})::text end)"
+            " = s.pipeline_hash"
+        ).format(**self._parts())
+
+    def queue_all_query(self) -> sql.Composed:
+        """Queue every row (when the staleness check itself raises for some row)."""
+        return sql.SQL(
+            "insert into pipeline.queue (source, row_id) select {name}, t.{key}::text from {table} t"
+            " on conflict (source, row_id) do nothing"
+        ).format(name=sql.Literal(self.name), **self._parts())
+
+    def delete_chunks_query(self) -> sql.Composed:
+        return sql.SQL("delete from {chunks} where {ckey} = any(%(keys)s::{key_type}[])").format(
+            chunks=self.chunks, ckey=sql.Identifier(self.chunk_key_column or ""), key_type=sql.SQL(self.key_type)
+        )
+
+    def insert_chunks_query(self) -> sql.Composed:
+        assert self.chunk_key_column is not None
+        metadata: list[sql.Composable] = [
+            sql.SQL("coalesce(t.{}, '{{}}'::jsonb)").format(sql.Identifier(c)) for c in self.jsonb_metadata
+        ]
+        pairs: list[sql.Composable] = []
+        for column in [c for c in self.metadata_columns if c not in self.jsonb_metadata]:
+            pairs += [sql.Literal(column), sql.SQL("t.{}").format(sql.Identifier(column))]
+        pairs += [
+            sql.Literal(self.chunk_key_column),
+            sql.SQL("t.{}").format(sql.Identifier(self.key_column)),
+            sql.Literal("chunk_index"),
+            sql.SQL("s.pipeline_chunk_index"),
+        ]
+        metadata.append(sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
+        return sql.SQL(
+            "insert into {chunks} ({ckey}, chunk_index, content, metadata, embedding, embedding_model, content_hash)"
+            " select t.{key}, s.pipeline_chunk_index, s.pipeline_content, {metadata}, s.pipeline_embedding,"
+            " %(model)s, pipeline.content_hash(s.pipeline_content)"
+            " from pg_temp.pipeline_staging s join {table} t on t.{key} = s.pipeline_key::{key_type}"
+            " where s.pipeline_key = any(%(keys)s)"
+            " order by s.pipeline_key, s.pipeline_chunk_index"
+        ).format(
+            chunks=self.chunks,
+            ckey=sql.Identifier(self.chunk_key_column),
+            metadata=sql.SQL(" || ").join(metadata),
+            **self._parts(),
+        )
+
+    def queue_stale_query(self) -> sql.Composed:
+        """Queue every row whose vectors are missing or stale."""
+        missing = sql.SQL("" if self.chunked else "t.embedding is null or ")
+        return sql.SQL(
+            "insert into pipeline.queue (source, row_id)"
+            " select {name}, t.{key}::text from {table} t"
+            " where {missing}t.embedding_model is distinct from %(model)s"
+            " or t.content_hash is distinct from pipeline.content_hash(({text})::text)"
+            " on conflict (source, row_id) do nothing"
+        ).format(name=sql.Literal(self.name), missing=missing, **self._parts())
+
+    def forget_hashes_query(self) -> sql.Composed:
+        return sql.SQL("update {table} set content_hash = null where content_hash is not null").format(table=self.table)
+
+    def status_query(self) -> sql.Composed:
+        embedded = "embedded_at is not null" if self.chunked else "embedding is not null"
+        chunks: sql.Composable = sql.SQL("null::bigint")
+        if self.chunked:
+            chunks = sql.SQL("(select count(*) from {})").format(self.chunks)
+        return sql.SQL(
+            "select count(*) as rows, count(*) filter (where {embedded}) as embedded, {chunks} as chunks,"
+            " max(embedded_at) as last_embedded_at from {table}"
+        ).format(embedded=sql.SQL(embedded), chunks=chunks, table=self.table)
+
+
+SOURCES_QUERY = """
+select s.*,
+       coalesce((
+           select array_agg(a.attname::text order by a.attnum)
+           from pg_catalog.pg_attribute a
+           where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
+             and a.attname = any(s.metadata_columns) and a.atttypid = 'jsonb'::regtype
+       ), '{}') as jsonb_metadata
+from pipeline.sources s
+where %(names)s::text[] is null or s.name = any(%(names)s::text[])
+order by s.created_at, s.name
+"""
+
+
+def load_sources(conn: Connection, names: list[str] | None = None) -> list[Source]:
+    """The registered sources (all of them, or those named, in that order; an unknown name is an error)."""
+    with translate_errors():
+        rows = conn.execute(SOURCES_QUERY, {"names": names}).fetchall()
+        if not conn.autocommit:
+            conn.rollback()
+    found = {row["name"]: _source(row) for row in rows}
+    if names is None:
+        return list(found.values())
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        known = ", ".join(sorted(s.name for s in load_sources(conn))) or "none"
+        raise InputError(f"no source named {', '.join(unknown)} (sources: {known}; see `pipeline source list`)")
+    return [found[name] for name in names]
+
+
+def _source(row: dict[str, Any]) -> Source:
+    return Source(
+        name=row["name"],
+        table_schema=row["table_schema"],
+        table_name=row["table_name"],
+        key_column=row["key_column"],
+        key_type=row["key_type"],
+        text_expression=row["text_expression"],
+        text_columns=tuple(row["text_columns"]),
+        kind=row["kind"],
+        search_function=row["search_function"],
+        language=str(row["language"]),
+        chunk_table=row["chunk_table"],
+        chunk_key_column=row["chunk_key_column"],
+        metadata_columns=tuple(row["metadata_columns"]),
+        jsonb_metadata=tuple(row["jsonb_metadata"]),
+        segment_column=row["segment_column"],
+    )

@@ -1,0 +1,225 @@
+"""Any table as a source: keys of every type, row and chunked sources, one worker loop, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from pipeline.db import connect
+from pipeline.errors import InputError
+from pipeline.search import search_source
+from pipeline.source_admin import add_source, remove_source
+from pipeline.sources import load_sources
+from pipeline.sync import Worker, count_ready
+
+LEADS = """
+create table public.leads (
+    id uuid primary key default gen_random_uuid(),
+    empresa text not null,
+    assunto text,
+    mensagem text,
+    score int,
+    created_at timestamptz default now()
+)
+"""
+TICKETS = "create table public.tickets (id bigint generated always as identity primary key, titulo text, corpo text)"
+EMAILS = """
+create table public.emails (
+    message_id text primary key,
+    remetente text not null,
+    assunto text,
+    corpo text,
+    caixa text not null default 'vendas',
+    headers jsonb not null default '{}'
+)
+"""
+
+
+def queued(conn: Any, source: str) -> int:
+    return int(conn.execute("select count(*) as n from pipeline.queue where source = %s", (source,)).fetchone()["n"])
+
+
+def test_a_uuid_keyed_row_source_is_embedded_searched_and_kept_current(conn: Any, worker: Worker, embedder: Any) -> None:
+    conn.execute(LEADS)
+    conn.execute(
+        "insert into leads (empresa, assunto, mensagem) values"
+        " ('Clínica Sorriso', 'Faltas', 'Pacientes faltam às consultas e a agenda fica vazia'),"
+        " ('Transportes Rápido', 'Frota', 'Caminhões rodam vazios e gastam muito diesel'),"
+        " ('Loja Bela', 'Estoque', 'O estoque do sistema nunca bate com a prateleira')"
+    )
+    source, backlog = add_source(conn, name="leads", table="public.leads", text="empresa, assunto, mensagem")
+    assert backlog == 3 and source.key_type == "uuid" and source.text_columns == ("assunto", "empresa", "mensagem")
+    report = worker.drain(conn)
+    assert report.embedded == 3 and queued(conn, "leads") == 0
+    hits = search_source(conn, embedder, source, "pacientes não aparecem na consulta", k=2)
+    assert hits[0]["content"].startswith("Clínica Sorriso") and uuid.UUID(hits[0]["id"])
+    sql_hits = conn.execute("select * from match_leads(%s, 1)", (embedder.embed(["diesel"])[0],)).fetchall()
+    assert sql_hits[0]["content"].startswith("Transportes Rápido")
+    # A column the text does not read: no new work. A text column: queued, embedded again.
+    conn.execute("update leads set score = 90")
+    assert queued(conn, "leads") == 0
+    conn.execute("update leads set assunto = 'Agenda' where empresa = 'Clínica Sorriso'")
+    assert queued(conn, "leads") == 1
+    before = conn.execute("select embedded_at from leads where empresa = 'Clínica Sorriso'").fetchone()["embedded_at"]
+    assert worker.drain(conn).embedded == 1
+    after = conn.execute("select embedded_at, content_hash from leads where empresa = 'Clínica Sorriso'").fetchone()
+    assert after["embedded_at"] > before
+    # Delete and truncate leave nothing queued.
+    conn.execute("delete from leads where empresa = 'Loja Bela'")
+    conn.execute("update leads set mensagem = 'mudou' where empresa = 'Transportes Rápido'")
+    conn.execute("delete from leads where empresa = 'Transportes Rápido'")
+    report = worker.drain(conn)
+    assert report.deleted == 1 and queued(conn, "leads") == 0
+    conn.execute("update leads set mensagem = 'mudou de novo'")
+    conn.execute("truncate leads")
+    assert queued(conn, "leads") == 0
+
+
+def test_a_bigint_source_with_an_sql_expression(conn: Any, worker: Worker) -> None:
+    conn.execute(TICKETS)
+    conn.execute("insert into tickets (titulo, corpo) values ('Erro no login', 'Não consigo entrar'), ('Boleto', null)")
+    add_source(conn, name="tickets", table="tickets", text="upper(titulo) || E'\\n' || coalesce(corpo, '')")
+    assert worker.drain(conn).embedded == 2
+    row = conn.execute("select content_hash, embedding is not null as has from tickets where titulo = 'Boleto'")
+    assert row.fetchone()["has"]
+    # The text the hash is taken of is the expression's value, byte for byte.
+    expected = conn.execute("select pipeline.content_hash('BOLETO' || E'\\n') as h").fetchone()["h"]
+    assert conn.execute("select content_hash from tickets where titulo = 'Boleto'").fetchone()["content_hash"] == expected
+
+
+def test_a_chunked_source_with_metadata_and_a_text_key(conn: Any, worker: Worker, embedder: Any) -> None:
+    conn.execute(EMAILS)
+    long_body = " ".join(f"Frase número {i} sobre a proposta de automação de atendimento." for i in range(120))
+    conn.execute(
+        "insert into emails (message_id, remetente, assunto, corpo, caixa, headers) values"
+        " ('<a@x>', 'ana@acme.com', 'Proposta', %s, 'vendas', '{\"lang\": \"pt\"}'),"
+        " ('<b@x>', 'rui@globex.com', 'Suporte', 'A impressora não liga desde ontem.', 'suporte', '{}')",
+        (long_body,),
+    )
+    source, _ = add_source(
+        conn, name="emails", table="public.emails", text="assunto, corpo", chunked=True, metadata=["caixa", "headers"]
+    )
+    report = worker.drain(conn)
+    assert report.embedded == 2 and report.chunks > 2
+    chunk = conn.execute("select * from emails_chunks where emails_key = '<a@x>' order by chunk_index limit 1")
+    metadata = chunk.fetchone()["metadata"]
+    assert metadata == {"caixa": "vendas", "lang": "pt", "emails_key": "<a@x>", "chunk_index": 0}
+    hits = search_source(conn, embedder, source, "impressora quebrada", k=3, filter={"caixa": "suporte"})
+    assert [h["emails_key"] for h in hits] == ["<b@x>"]
+    # LangChain's call, from SQL.
+    rows = conn.execute(
+        "select * from match_emails(query_embedding => %s, match_count => 2, filter => '{\"caixa\": \"vendas\"}')",
+        (embedder.embed(["automação"])[0],),
+    ).fetchall()
+    assert len(rows) == 2 and all(r["metadata"]["caixa"] == "vendas" for r in rows)
+    conn.execute("delete from emails where message_id = '<a@x>'")
+    assert conn.execute("select count(*) as n from emails_chunks where emails_key = '<a@x>'").fetchone()["n"] == 0
+
+
+def test_source_remove_leaves_nothing_behind(conn: Any, worker: Worker) -> None:
+    conn.execute(EMAILS)
+    conn.execute(TICKETS)
+    conn.execute("insert into emails (message_id, remetente, corpo) values ('<c@x>', 'x@y', 'olá')")
+    conn.execute("insert into tickets (titulo) values ('um'), ('dois')")
+    add_source(conn, name="emails", table="emails", text="corpo", chunked=True)
+    add_source(conn, name="tickets", table="tickets", text="titulo")
+    worker.drain(conn, ["emails"])
+    remove_source(conn, "emails")
+    remove_source(conn, "tickets", drop_columns=True)
+    assert conn.execute("select to_regclass('public.emails_chunks') as t").fetchone()["t"] is None
+    assert conn.execute("select count(*) as n from pg_trigger where tgrelid in ('emails'::regclass, 'tickets'::regclass)"
+                        " and not tgisinternal").fetchone()["n"] == 0  # fmt: skip
+    assert conn.execute("select to_regproc('public.match_emails') as f").fetchone()["f"] is None
+    assert queued(conn, "tickets") == 0 and queued(conn, "emails") == 0
+    columns = {r["attname"] for r in conn.execute("select attname from pg_attribute where attrelid = 'tickets'::regclass")}
+    assert "embedding" not in columns and "content_hash" not in columns
+    assert sorted(s.name for s in load_sources(conn)) == ["documents", "dores"]
+    conn.execute("insert into tickets (titulo) values ('três')")  # no trigger left: nothing queued
+    assert queued(conn, "tickets") == 0
+
+
+def test_bad_sources_are_refused_whole(conn: Any) -> None:
+    conn.execute(LEADS)
+    conn.execute("create table public.nokey (texto text)")
+    conn.execute("create table public.composite (a int, b int, texto text, primary key (a, b))")
+    cases = {
+        "does not work on public.leads": dict(name="leads", table="leads", text="assunto ||| corpo"),
+        "reads no column": dict(name="leads", table="leads", text="'constante'"),
+        'column "nada" does not exist': dict(name="leads", table="leads", text="nada"),
+        "needs a primary key": dict(name="nokey", table="nokey", text="texto"),
+        "primary key of one column": dict(name="composite", table="composite", text="texto"),
+        "no such table": dict(name="ghost", table="public.ghost", text="x"),
+        "exists already": dict(name="dores", table="leads", text="assunto"),
+        "already the table of source dores": dict(name="outra", table="dores", text="dor_base"),
+        "use lowercase": dict(name="Leads!", table="leads", text="assunto"),
+        "applies to chunked": dict(name="leads", table="leads", text="assunto", metadata=["empresa"]),
+        "no such text search configuration": dict(name="leads", table="leads", text="assunto", language="klingon"),
+    }
+    for message, kwargs in cases.items():
+        with pytest.raises(InputError, match=message):
+            add_source(conn, **kwargs)  # type: ignore[arg-type]
+    columns = {r["attname"] for r in conn.execute("select attname from pg_attribute where attrelid = 'leads'::regclass")}
+    assert "embedding" not in columns
+    assert sorted(s.name for s in load_sources(conn)) == ["documents", "dores"]
+
+
+def test_a_row_whose_text_raises_fails_alone_and_a_dropped_table_does_not_stop_the_others(
+    conn: Any, worker: Worker
+) -> None:
+    conn.execute("create table public.medidas (id int primary key, valor int, nome text)")
+    conn.execute("insert into medidas values (1, 2, 'a'), (2, 0, 'b'), (3, 5, 'c')")
+    add_source(conn, name="medidas", table="medidas", text="nome || (10 / valor)::text")
+    report = worker.drain(conn)
+    assert report.embedded == 2 and report.failed == 1
+    error = conn.execute("select row_id, error from pipeline.failed where source = 'medidas'").fetchone()
+    assert error["row_id"] == "2" and "division by zero" in error["error"]
+    conn.execute(TICKETS)
+    add_source(conn, name="tickets", table="tickets", text="titulo")
+    conn.execute("insert into medidas values (4, 1, 'd')")
+    conn.execute("drop table medidas")
+    conn.execute("insert into tickets (titulo) values ('continua')")
+    assert worker.drain(conn).embedded == 1
+    assert queued(conn, "medidas") == 1  # kept until the source is removed
+    from pipeline.status import status
+
+    assert "source medidas: table public.medidas is gone (`pipeline source remove`)" in status(conn)["warnings"]
+    remove_source(conn, "medidas")
+    assert queued(conn, "medidas") == 0
+
+
+def test_sources_take_turns_a_backlog_does_not_starve_another(db_url: str, embedder: Any, settings: Any) -> None:
+    with connect(db_url) as conn:
+        conn.execute(LEADS)
+        conn.execute(TICKETS)
+        add_source(conn, name="leads", table="leads", text="empresa, mensagem")
+        add_source(conn, name="tickets", table="tickets", text="titulo")
+        conn.execute(
+            "insert into leads (empresa, mensagem) select 'Empresa ' || g, 'Mensagem de contato número ' || g"
+            " from generate_series(1, 20000) g"
+        )
+    worker = Worker(embedder=embedder, settings=settings.__class__(claim_size=256))
+    stop = threading.Event()
+    with connect(db_url) as conn, connect(db_url) as spare, connect(db_url) as watcher:
+        thread = threading.Thread(target=worker.drain, args=(conn,), kwargs={"spare": spare, "stop": stop})
+        thread.start()
+        try:
+            time.sleep(2)  # the leads backlog is being worked on
+            watcher.execute("insert into tickets (titulo) values ('Sistema fora do ar')")
+            inserted = time.monotonic()
+            while time.monotonic() - inserted < 60:
+                row = watcher.execute("select embedded_at from tickets").fetchone()
+                if row["embedded_at"] is not None:
+                    break
+                time.sleep(0.05)
+            latency = time.monotonic() - inserted
+            left = count_ready(watcher, ["leads"])
+        finally:
+            stop.set()
+            thread.join()
+    assert row["embedded_at"] is not None
+    assert left > 15_000, "the ticket waited for the leads backlog"
+    assert latency < 10, f"ticket embedded {latency:.1f}s after its commit"
