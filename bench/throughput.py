@@ -3,7 +3,10 @@
 For each run: raw encode of N texts; then the daemon (model already loaded, waiting on NOTIFY) gets N rows
 in one committed INSERT and the clock runs until every row is embedded. Prints a Markdown table.
 
-    python bench/throughput.py [--rows 5000] [--runs 3]
+    python bench/throughput.py [--rows 5000] [--runs 3] [--source leads]
+
+`--source leads` runs the same texts through a registered source keyed by uuid (`pipeline source add`)
+instead of the built-in dores.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, help="texts per forward pass, for both sides (default: the pipeline's, 32)"
     )
+    parser.add_argument(
+        "--source", choices=["dores", "leads"], default="dores", help="leads: a uuid-keyed source added by command"
+    )
     args = parser.parse_args()
 
     from pipeline.config import Settings
@@ -44,6 +50,13 @@ def main() -> None:
         started = time.perf_counter()
         worker = prepare_worker(conn, settings)
         load_s = time.perf_counter() - started
+        target = "dores (dor_base, solucao_graventum)"
+        if args.source == "leads":
+            from pipeline.source_admin import add_source
+
+            conn.execute("create table leads (id uuid primary key default gen_random_uuid(), dor text, solucao text)")
+            add_source(conn, name="leads", table="leads", text="concat_ws(E'\\n', dor, nullif(solucao, ''))")
+            target = "leads (dor, solucao)"
         model = worker.embedder.model  # type: ignore[attr-defined]
         name = resolve_model(None).name
         model.encode(texts[:256], batch_size=settings.batch_size)  # warm-up
@@ -59,8 +72,8 @@ def main() -> None:
             return time.perf_counter() - t0
 
         def pipeline_run() -> float:
-            conn.execute("truncate dores")
-            with conn.transaction(), conn.cursor().copy("copy dores (dor_base, solucao_graventum) from stdin") as copy:
+            conn.execute(f"truncate {args.source}")
+            with conn.transaction(), conn.cursor().copy(f"copy {target} from stdin") as copy:
                 for dor, solucao in pairs:
                     copy.write_row((dor, solucao))
             t0 = time.perf_counter()  # committed: the NOTIFY is out
@@ -69,7 +82,7 @@ def main() -> None:
             while conn.execute("select exists (select from pipeline.queue) as busy").fetchone()["busy"]:
                 time.sleep(0.25)
             elapsed = time.perf_counter() - t0
-            done = conn.execute("select count(*) as n from dores where embedding is not null").fetchone()["n"]
+            done = conn.execute(f"select count(*) as n from {args.source} where embedding is not null").fetchone()["n"]
             assert done == args.rows, f"only {done} of {args.rows} rows embedded"
             return elapsed
 
@@ -93,8 +106,8 @@ def main() -> None:
 
     raw, pipe, ratio = statistics.median(raw_times), statistics.median(pipe_times), statistics.median(ratios)
     print(
-        f"\nmachine: {machine()}; model {name}; {args.rows} dores; batch {settings.batch_size}, "
-        f"claim {settings.claim_size}; median of {args.runs} runs\n"
+        f"\nmachine: {machine()}; model {name}; {args.rows} texts into source {args.source}; "
+        f"batch {settings.batch_size}, claim {settings.claim_size}; median of {args.runs} runs\n"
     )
     print(
         table(

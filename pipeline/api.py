@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,7 +83,8 @@ class ClassifyResponse(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str
-    table: Literal["dores", "documents"] = "dores"
+    source: str = Field("dores", pattern=r"^[a-z][a-z0-9_]{0,39}$", description="a registered source")
+    table: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,39}$", description="alias of `source`")
     k: int = Field(5, ge=1, le=100)
     hybrid: bool = False
     filter: dict[str, Any] = Field(default_factory=dict)
@@ -299,16 +300,25 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
     @app.post("/ml/search", dependencies=secured, responses=ERRORS)
     def ml_search(body: SearchRequest) -> list[dict[str, Any]]:
         """Results as `pipeline search --json` prints them (dores, or document chunks with `hybrid`, `filter`)."""
-        from pipeline.search import search_documents, search_dores
+        from pipeline.search import search_source
+        from pipeline.sources import load_sources
 
         if not body.query.strip():
             raise ApiError(422, "query is empty")
         check([body.query])
 
         def work(conn: Any) -> Any:
-            if body.table == "documents":
-                return search_documents(conn, serialised, body.query, k=body.k, hybrid=body.hybrid, filter=body.filter)
-            return search_dores(conn, serialised, body.query, k=body.k, segmento=body.segmento)
+            (source,) = load_sources(conn, [body.table or body.source])
+            return search_source(
+                conn,
+                serialised,
+                source,
+                body.query,
+                k=body.k,
+                hybrid=body.hybrid,
+                filter=body.filter or None,
+                segmento=body.segmento,
+            )
 
         return with_connection(work)  # type: ignore[no-any-return]
 
