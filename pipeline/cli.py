@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dores.segmento in one transaction; numbers stay stable across refits. CSV mode (--csv): the seed's "
         "TF-IDF + KMeans on dor_base + ' ' + solucao_graventum, no database needed.",
     )
+    _source_option(p, "database mode: the row source to segment (default: dores)", default="dores")
     p.add_argument("--csv", help="CSV mode: input file with dor_base and solucao_graventum")
     p.add_argument("--out", help="CSV mode: output file (default: stdout, counts then go to stderr)")
     p.add_argument("--clusters", default="8", help="number of segments, or `auto` (database mode; 2..20 by silhouette)")
@@ -126,10 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("segments", parents=[common], help="list segments: number, label, size, top terms, examples")
+    _source_option(p, "the source whose segments to list (default: dores)", default="dores")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("classify", parents=[common], help="which segment a text (a lead's pain) belongs to")
     p.add_argument("text")
+    _source_option(p, "whose segments (default: dores)", default="dores")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(

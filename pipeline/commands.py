@@ -363,7 +363,9 @@ def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     clusters: int | str = "auto" if args.clusters == "auto" else _clusters(args.clusters)
     with _connection(settings) as conn:
-        result = fit_database(conn, clusters=clusters, method=args.method, max_features=args.max_features)
+        result = fit_database(
+            conn, source=args.source, clusters=clusters, method=args.method, max_features=args.max_features
+        )
     if args.json:
         _print_json(result.as_dict())
     else:
@@ -388,7 +390,7 @@ def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.segments import list_segments
 
     with _connection(settings) as conn:
-        rows = list_segments(conn)
+        rows = list_segments(conn, source=args.source)
     if args.json:
         _print_json(rows)
     else:
@@ -405,7 +407,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
 
     with _connection(settings) as conn:
         embedder = _query_embedder(conn, settings)
-        result = classify(conn, embedder, args.text)
+        result = classify(conn, embedder, args.text, source=args.source)
     if args.json:
         _print_json(result)
     else:

@@ -187,9 +187,11 @@ class Daemon:
                 logger.warning("listener lost the database (%s); reconnecting in %.0fs", str(exc).strip(), delay)
                 self.stop.wait(delay)
 
-    def refit_job(self, reason: str = "schedule") -> None:
-        """Refit segments (one daemon at a time: the others find the lock taken and skip)."""
+    def refit_job(self, reason: str = "schedule", sources: list[str] | None = None) -> None:
+        """Refit the segments of every source that has them (one daemon at a time: the others find the
+        lock taken and skip)."""
         from pipeline.segments import fit_database
+        from pipeline.sources import load_sources
 
         try:
             with connect(self.url) as conn:
@@ -201,30 +203,32 @@ class Daemon:
                     clusters: int | str = self.settings.segment_clusters
                     if clusters != "auto":
                         clusters = int(clusters)
-                    logger.info("segment refit (%s)", reason)
-                    fit_database(conn, clusters=clusters, method=self.settings.segment_method)
+                    names = sources or [s.name for s in load_sources(conn) if s.segment_column]
+                    for name in names:
+                        logger.info("segment refit of %s (%s)", name, reason)
+                        fit_database(conn, source=name, clusters=clusters, method=self.settings.segment_method)
                 finally:
                     conn.execute("select pg_advisory_unlock(%s)", (SEGMENT_JOB_LOCK,))
         except PipelineError as exc:
             logger.warning("segment refit (%s) failed: %s", reason, exc)
 
     def growth_job(self) -> None:
-        """Refit when the embedded dores grew by `segment_growth` since the last fit (or first reach enough)."""
-        from pipeline.db import query
+        """Refit a source's segments when its embedded rows grew by `segment_growth` since the last fit (or
+        first reach enough)."""
+        from pipeline.sources import load_sources
 
         try:
             with connect(self.url) as conn:
-                row = conn.execute(query("segment_growth")).fetchone()
-                if row is None:
-                    embedded = conn.execute("select count(*) as n from public.dores where embedding is not null")
-                    count = int(embedded.fetchone()["n"])
-                    clusters = self.settings.segment_clusters
-                    needed = FIRST_FIT_ROWS_PER_SEGMENT * (int(clusters) if clusters != "auto" else 8)
-                    if count >= needed:
-                        self.refit_job(f"first fit, {count} embedded dores")
-                    return
-                if row["embedded"] >= row["n_rows"] * (1 + self.settings.segment_growth):
-                    self.refit_job(f"grew from {row['n_rows']} to {row['embedded']} dores")
+                for source in [s for s in load_sources(conn) if s.segment_column]:
+                    row = conn.execute(source.segment_growth_query(), {"source": source.name}).fetchone()
+                    embedded, fitted = int(row["embedded"]), row["n_rows"]
+                    if fitted is None:
+                        clusters = self.settings.segment_clusters
+                        needed = FIRST_FIT_ROWS_PER_SEGMENT * (int(clusters) if clusters != "auto" else 8)
+                        if embedded >= needed:
+                            self.refit_job(f"first fit, {embedded} embedded {source.name} rows", [source.name])
+                    elif embedded >= fitted * (1 + self.settings.segment_growth):
+                        self.refit_job(f"grew from {fitted} to {embedded} {source.name} rows", [source.name])
         except PipelineError as exc:
             logger.warning("segment growth check failed: %s", exc)
 

@@ -10,7 +10,7 @@ on conflict (key) do nothing
 
 -- set_model --
 -- Segments were fitted in the old model's space: none is active until the next fit.
-with forget as (delete from pipeline.state where key = 'segment_model')
+with forget as (delete from pipeline.state where key like 'segment\_model:%%')
 insert into pipeline.state (key, value, updated_at)
 values ('model', %(model)s, now()), ('dimension', %(dimension)s::text, now())
 on conflict (key) do update set value = excluded.value, updated_at = now()
@@ -90,18 +90,14 @@ delete from public.segments;
 create index dores_embedding_idx on public.dores using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64);
 create index document_chunks_embedding_idx on public.document_chunks using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)
 
--- segment_read --
-select id, embedding, dor_base || ' ' || coalesce(solucao_graventum, '') as text
-from public.dores
-where embedding is not null
-order by id
-
 -- active_centroids --
-select segmento, centroid from public.current_segments order by segmento
+select segmento, centroid from public.segments
+where model_id = pipeline.source_segment_model(%(source)s)
+order by segmento
 
 -- insert_segment_model --
-insert into pipeline.segment_models (method, k, params, n_rows, score)
-values (%(method)s, %(k)s, %(params)s::jsonb, %(n_rows)s, %(score)s)
+insert into pipeline.segment_models (source, method, k, params, n_rows, score)
+values (%(source)s, %(method)s, %(k)s, %(params)s::jsonb, %(n_rows)s, %(score)s)
 returning id
 
 -- insert_segment --
@@ -109,50 +105,22 @@ insert into public.segments (model_id, segmento, label, top_terms, size, centroi
 values (%(model_id)s, %(segmento)s, %(label)s, %(top_terms)s, %(size)s, %(centroid)s)
 
 -- create_segment_staging --
-create temp table if not exists segment_staging (row_id bigint primary key, segmento int not null)
+create temp table if not exists segment_staging (row_key text primary key, segmento int not null)
 on commit delete rows
 
 -- copy_segment_staging --
-copy pg_temp.segment_staging (row_id, segmento) from stdin (format binary)
-
--- apply_segments --
--- Only rows whose number changes are written: an UPDATE also inserts into the HNSW index.
-update public.dores d
-set segmento = s.segmento
-from pg_temp.segment_staging s
-where d.id = s.row_id and d.segmento is distinct from s.segmento
+copy pg_temp.segment_staging (row_key, segmento) from stdin (format binary)
 
 -- set_segment_model --
-insert into pipeline.state (key, value, updated_at) values ('segment_model', %(model_id)s, now())
+insert into pipeline.state (key, value, updated_at) values ('segment_model:' || %(source)s, %(model_id)s, now())
 on conflict (key) do update set value = excluded.value, updated_at = now()
-
--- list_segments --
-select s.segmento, s.label, s.size, s.top_terms,
-       coalesce((
-           select array_agg(e.dor_base order by e.distance)
-           from (
-               select d.dor_base, d.embedding <=> s.centroid as distance
-               from public.dores d
-               where d.segmento = s.segmento and d.embedding is not null
-               order by (d.embedding <=> s.centroid) + 0
-               limit %(examples)s
-           ) e
-       ), '{}') as examples
-from public.current_segments s
-order by s.segmento
 
 -- classify --
 select s.segmento, s.label, s.top_terms, 1 - (s.centroid <=> %(embedding)s) as similarity
-from public.current_segments s
+from public.segments s
+where s.model_id = pipeline.source_segment_model(%(source)s)
 order by s.centroid <=> %(embedding)s
 limit 1
-
--- segment_growth --
-select m.n_rows,
-       (select count(*) from public.dores where embedding is not null) as embedded,
-       m.created_at
-from pipeline.segment_models m
-where m.id = pipeline.active_segment_model()
 
 -- match_documents --
 select id, content, metadata, similarity

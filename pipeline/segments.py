@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from psycopg import sql
 
 from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError, PipelineError
+from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
 
@@ -210,47 +212,67 @@ def _kmeans(vectors: np.ndarray, k: int, init: np.ndarray | None) -> np.ndarray:
     return np.asarray(model.fit_predict(vectors))
 
 
-def _read_dores(conn: Connection) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Ids, unit vectors and seed texts of every embedded dor, streamed from a server-side cursor."""
-    n = conn.execute("select count(*) as n from public.dores where embedding is not null").fetchone()["n"]
-    ids = np.empty(n, dtype=np.int64)
+def _read_rows(conn: Connection, source: Source) -> tuple[list[str], np.ndarray, list[str]]:
+    """Keys, unit vectors and texts of every embedded row of `source`, streamed from a server-side cursor."""
+    n = conn.execute(
+        sql.SQL("select count(*) as n from {} where embedding is not null").format(source.table)
+    ).fetchone()["n"]
+    keys: list[str] = []
     vectors = None
     texts: list[str] = []
     with conn.transaction(), conn.cursor(name="segment_read") as cursor:
         cursor.itersize = 5000
-        cursor.execute(query("segment_read"))
+        cursor.execute(source.segment_read_query())
         for i, row in enumerate(cursor):
             if i >= n:
                 break
             vector = row["embedding"].to_numpy()
             if vectors is None:
                 vectors = np.empty((n, len(vector)), dtype=np.float32)
-            ids[i] = row["id"]
+            keys.append(row["key"])
             vectors[i] = vector
             texts.append(row["text"])
     count = len(texts)
     if vectors is None:
         vectors = np.empty((0, 384), dtype=np.float32)
-    return ids[:count], _unit(vectors[:count]), texts
+    return keys, _unit(vectors[:count]), texts
+
+
+def segmentable(conn: Connection, name: str) -> Source:
+    """The row source `name`, given a segment column (`segmento`) if it has none yet."""
+    (source,) = load_sources(conn, [name])
+    if source.chunked:
+        raise InputError(f"segments are fitted over row sources; {name} is chunked")
+    if source.segment_column:
+        return source
+    with conn.transaction():
+        conn.execute(sql.SQL("alter table {} add column if not exists segmento int").format(source.table))
+        conn.execute("update pipeline.sources set segment_column = 'segmento' where name = %s", (name,))
+    return dataclasses.replace(source, segment_column="segmento")
 
 
 def fit_database(
     conn: Connection,
     *,
+    source: str = "dores",
     clusters: int | str = 8,
     method: str = "embedding",
     k_range: range = range(2, 21),
     max_features: int = 500,
 ) -> FitResult:
-    """Fit segments over all embedded dores and make them current, all in one transaction."""
+    """Fit segments over all embedded rows of a row source (dores by default) and make them current, all in
+    one transaction: the model, its segments, the rows' segment numbers."""
     if method not in ("embedding", "tfidf"):
         raise InputError(f"unknown method {method!r}: use embedding or tfidf")
     started = time.perf_counter()
     with translate_errors():
-        ids, vectors, texts = _read_dores(conn)
+        table = segmentable(conn, source)
+        ids, vectors, texts = _read_rows(conn, table)
         if len(ids) < 2:
-            raise InputError(f"only {len(ids)} embedded dores: run `pipeline sync` first (segments need at least 2)")
-        previous = _active_centroids(conn)
+            raise InputError(
+                f"only {len(ids)} embedded {source} rows: run `pipeline sync` first (segments need at least 2)"
+            )
+        previous = _active_centroids(conn, source)
         if clusters == "auto":
             k, scores = choose_k(vectors, k_range)
             logger.info("--clusters auto chose K=%d (cosine silhouette %.3f)", k, scores[k])
@@ -259,7 +281,7 @@ def fit_database(
             if k < 2:
                 raise InputError(f"--clusters must be at least 2, got {k}")
             if k > len(ids):
-                raise InputError(f"{len(ids)} embedded dores cannot make {k} segments: use fewer --clusters")
+                raise InputError(f"{len(ids)} embedded {source} rows cannot make {k} segments: use fewer --clusters")
         params: dict[str, Any] = {"random_state": RANDOM_STATE}
         if method == "embedding":
             warm = previous if previous is not None and len(previous) == k else None
@@ -288,7 +310,14 @@ def fit_database(
             conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             model_id = conn.execute(
                 query("insert_segment_model"),
-                {"method": method, "k": k, "params": json.dumps(params), "n_rows": len(ids), "score": score},
+                {
+                    "source": source,
+                    "method": method,
+                    "k": k,
+                    "params": json.dumps(params),
+                    "n_rows": len(ids),
+                    "score": score,
+                },
             ).fetchone()["id"]
             with conn.cursor() as cursor:
                 cursor.executemany(
@@ -307,14 +336,20 @@ def fit_database(
                 )
             conn.execute(query("create_segment_staging"))
             with conn.cursor().copy(query("copy_segment_staging")) as copy:
-                copy.set_types(["int8", "int4"])
-                for row_id, number in zip(ids.tolist(), final.tolist(), strict=True):
-                    copy.write_row((row_id, number))
-            changed = conn.execute(query("apply_segments")).rowcount
-            conn.execute(query("set_segment_model"), {"model_id": str(model_id)})
+                copy.set_types(["text", "int4"])
+                for key, number in zip(ids, final.tolist(), strict=True):
+                    copy.write_row((key, number))
+            changed = conn.execute(table.apply_segments_query()).rowcount
+            conn.execute(query("set_segment_model"), {"model_id": str(model_id), "source": source})
     seconds = time.perf_counter() - started
     logger.info(
-        "segments: %s K=%d over %d dores in %.1fs, %d rows changed segment", method, k, len(ids), seconds, changed
+        "segments: %s K=%d over %d %s rows in %.1fs, %d rows changed segment",
+        method,
+        k,
+        len(ids),
+        source,
+        seconds,
+        changed,
     )
     return FitResult(model_id, method, k, len(ids), changed, score, seconds, sorted(infos, key=lambda s: s.segmento))
 
@@ -331,8 +366,8 @@ def _silhouette(vectors: np.ndarray, labels: np.ndarray) -> float | None:
     return round(float(silhouette_score(vectors[pick], labels[pick], metric="cosine")), 4)
 
 
-def _active_centroids(conn: Connection) -> np.ndarray | None:
-    rows = conn.execute(query("active_centroids")).fetchall()
+def _active_centroids(conn: Connection, source: str) -> np.ndarray | None:
+    rows = conn.execute(query("active_centroids"), {"source": source}).fetchall()
     if not rows:
         return None
     size = max(r["segmento"] for r in rows) + 1
@@ -346,22 +381,25 @@ def _active_centroids(conn: Connection) -> np.ndarray | None:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def list_segments(conn: Connection, *, examples: int = 3) -> list[dict[str, Any]]:
-    """The current segments with their label, size, top terms and the dores nearest their centroid."""
+def list_segments(conn: Connection, *, source: str = "dores", examples: int = 3) -> list[dict[str, Any]]:
+    """The current segments of a source with their label, size, top terms and the texts nearest their centroid."""
+    (table,) = load_sources(conn, [source])
+    if not table.segment_column:
+        raise PipelineError(f"no segments yet for {source}: run `pipeline segment --source {source}`")
     with translate_errors():
-        rows = conn.execute(query("list_segments"), {"examples": examples}).fetchall()
+        rows = conn.execute(table.list_segments_query(), {"examples": examples, "source": source}).fetchall()
     if not rows:
         raise PipelineError("no segments yet: run `pipeline segment` (after `pipeline sync`)")
     return [dict(r) for r in rows]
 
 
-def classify(conn: Connection, embedder: Any, text: str) -> dict[str, Any]:
-    """The current segment nearest to `text`, with its label and the cosine similarity."""
+def classify(conn: Connection, embedder: Any, text: str, *, source: str = "dores") -> dict[str, Any]:
+    """The current segment (of `source`'s model) nearest to `text`, with its label and the cosine similarity."""
     if not text.strip():
         raise InputError("the text to classify is empty")
     vector = embedder.embed([text])[0]
     with translate_errors():
-        row = conn.execute(query("classify"), {"embedding": vector}).fetchone()
+        row = conn.execute(query("classify"), {"embedding": vector, "source": source}).fetchone()
     if row is None:
         raise PipelineError("no segments yet: run `pipeline segment` (after `pipeline sync`)")
     return {**row, "similarity": round(float(row["similarity"]), 4)}

@@ -94,9 +94,9 @@ class Source:
             ).format(same_text=self._same_text(), **self._parts())
         segment = sql.SQL("")
         if self.segment_column:
-            segment = sql.SQL(", {col} = coalesce(pipeline.nearest_segment(s.pipeline_embedding), t.{col})").format(
-                col=sql.Identifier(self.segment_column)
-            )
+            segment = sql.SQL(
+                ", {col} = coalesce(pipeline.nearest_source_segment({name}, s.pipeline_embedding), t.{col})"
+            ).format(col=sql.Identifier(self.segment_column), name=sql.Literal(self.name))
         return sql.SQL(
             "update {table} t set embedding = s.pipeline_embedding, embedding_model = %(model)s,"
             " content_hash = s.pipeline_hash, embedded_at = now(){segment}"
@@ -169,6 +169,41 @@ class Source:
 
     def forget_hashes_query(self) -> sql.Composed:
         return sql.SQL("update {table} set content_hash = null where content_hash is not null").format(table=self.table)
+
+    # -- segments (row sources) ---------------------------------------------------------------------
+
+    def segment_read_query(self) -> sql.Composed:
+        """Key, vector and text of every embedded row, in key order."""
+        return sql.SQL(
+            "select t.{key}::text as key, t.embedding, coalesce(({text})::text, '') as text"
+            " from {table} t where t.embedding is not null order by t.{key}"
+        ).format(**self._parts())
+
+    def apply_segments_query(self) -> sql.Composed:
+        """Write the staged segment numbers; only rows whose number changes (an UPDATE is an index insert)."""
+        return sql.SQL(
+            "update {table} t set {col} = s.segmento from pg_temp.segment_staging s"
+            " where t.{key} = s.row_key::{key_type} and t.{col} is distinct from s.segmento"
+        ).format(col=sql.Identifier(self.segment_column or "segmento"), **self._parts())
+
+    def list_segments_query(self) -> sql.Composed:
+        """The active segments with the texts nearest each centroid."""
+        return sql.SQL(
+            "select s.segmento, s.label, s.size, s.top_terms, coalesce(("
+            " select array_agg(e.text order by e.distance) from ("
+            "  select ({text})::text as text, t.embedding <=> s.centroid as distance from {table} t"
+            "  where t.{col} = s.segmento and t.embedding is not null"
+            "  order by (t.embedding <=> s.centroid) + 0 limit %(examples)s) e), '{{}}') as examples"
+            " from public.segments s where s.model_id = pipeline.source_segment_model(%(source)s)"
+            " order by s.segmento"
+        ).format(col=sql.Identifier(self.segment_column or "segmento"), **self._parts())
+
+    def segment_growth_query(self) -> sql.Composed:
+        return sql.SQL(
+            "select (select count(*) from {table} where embedding is not null) as embedded,"
+            " (select n_rows from pipeline.segment_models where id = pipeline.source_segment_model(%(source)s))"
+            " as n_rows"
+        ).format(table=self.table)
 
     def status_query(self) -> sql.Composed:
         embedded = "embedded_at is not null" if self.chunked else "embedding is not null"

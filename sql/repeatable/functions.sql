@@ -171,23 +171,37 @@ $$;
 
 -- segments ------------------------------------------------------------------------------------------
 
+-- The segment model now in use for a source (null before its first fit, and after a model switch).
+create or replace function pipeline.source_segment_model(source text)
+returns bigint
+language sql stable
+set search_path from current
+as $$ select nullif(value, '')::bigint from pipeline.state where key = 'segment_model:' || source $$;
+
 create or replace function pipeline.active_segment_model()
 returns bigint
 language sql stable
 set search_path from current
-as $$ select nullif(value, '')::bigint from pipeline.state where key = 'segment_model' $$;
+as $$ select pipeline.source_segment_model('dores') $$;
 
-create or replace function pipeline.nearest_segment(embedding vector)
+-- Nearest centroid of a source's active model (null when none has been fitted).
+create or replace function pipeline.nearest_source_segment(source text, embedding vector)
 returns int
 language sql stable
 set search_path from current
 as $$
     select s.segmento
     from public.segments s
-    where s.model_id = pipeline.active_segment_model()
+    where s.model_id = pipeline.source_segment_model(source)
     order by s.centroid <=> embedding
     limit 1
 $$;
+
+create or replace function pipeline.nearest_segment(embedding vector)
+returns int
+language sql stable
+set search_path from current
+as $$ select pipeline.nearest_source_segment('dores', embedding) $$;
 
 -- The caller's rights and row-level security apply (security_invoker).
 create or replace view public.current_segments with (security_invoker = true) as

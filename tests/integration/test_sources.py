@@ -223,3 +223,35 @@ def test_sources_take_turns_a_backlog_does_not_starve_another(db_url: str, embed
     assert row["embedded_at"] is not None
     assert left > 15_000, "the ticket waited for the leads backlog"
     assert latency < 10, f"ticket embedded {latency:.1f}s after its commit"
+
+
+def test_segments_for_a_uuid_source_live_beside_the_dores_ones(conn: Any, worker: Worker, embedder: Any) -> None:
+    from pipeline.segments import classify, fit_database, list_segments
+
+    conn.execute(LEADS)
+    add_source(conn, name="leads", table="leads", text="mensagem")
+    conn.execute(
+        "insert into leads (empresa, mensagem) select 'Empresa ' || g, case when g % 2 = 0"
+        " then 'Pacientes faltam às consultas da clínica ' || g else 'Caminhões da frota gastam diesel ' || g end"
+        " from generate_series(1, 40) g"
+    )
+    conn.execute("insert into dores (dor_base) select 'dor ' || g from generate_series(1, 10) g")
+    worker.drain(conn)
+    dores = fit_database(conn, clusters=2)
+    leads = fit_database(conn, source="leads", clusters=2)
+    assert leads.model_id != dores.model_id and leads.n_rows == 40
+    groups = conn.execute(
+        "select count(distinct segmento) as n from leads group by mensagem like 'Pacientes%'"
+    ).fetchall()
+    assert [g["n"] for g in groups] == [1, 1]  # each theme in one segment
+    conn.execute("insert into leads (empresa, mensagem) values ('Nova', 'Pacientes faltam às consultas')")
+    worker.drain(conn)
+    new = conn.execute("select segmento from leads where empresa = 'Nova'").fetchone()["segmento"]
+    same = conn.execute("select segmento from leads where mensagem like 'Pacientes%' limit 1").fetchone()["segmento"]
+    assert new == same
+    assert classify(conn, embedder, "consultas canceladas pelos pacientes", source="leads")["segmento"] == same
+    listed = list_segments(conn, source="leads")
+    assert len(listed) == 2 and sum(s["size"] for s in listed) == 40
+    # The dores' model is still the one dores use.
+    assert {s["segmento"] for s in list_segments(conn)} <= {0, 1}
+    assert conn.execute("select count(*) as n from current_segments").fetchone()["n"] == 2

@@ -12,6 +12,7 @@ RELEASED = {
     "0004_trigger_privileges.sql": "7f0d88ab6b92df02e8f3d86dcb608e236f3ff6b6265f3897c27e728faa0bf621",
     "0005_secure_by_default.sql": "2907f2d9500701548e2e002ad62685916ed90be4be89219cc929f8810e8fdd40",
     "0006_sources.sql": "2d3d1b1f66cecb7b9ae4c347ae2f12c62ccef341055cba2c020f282d6661ab01",
+    "0007_segments_per_source.sql": "0d498b36fd0a2bf4f3f2c58a096656a44405a4a5338558bb3c145642414e9940",
 }
 
 
