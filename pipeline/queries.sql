@@ -78,18 +78,6 @@ from pipeline.lag
 select id, dor_base, solucao_graventum, segmento, similarity
 from public.match_dores(%(embedding)s, %(k)s::int, %(segmento)s::int)
 
--- change_dimension --
-drop index if exists public.dores_embedding_idx;
-drop index if exists public.document_chunks_embedding_idx;
-update public.dores set embedding = null, embedding_model = null, content_hash = null, embedded_at = null where embedding is not null;
-delete from public.document_chunks;
-update public.documents set embedding_model = null, content_hash = null, embedded_at = null where embedded_at is not null;
-alter table public.dores alter column embedding type vector({dim});
-alter table public.document_chunks alter column embedding type vector({dim});
-delete from public.segments;
-create index dores_embedding_idx on public.dores using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64);
-create index document_chunks_embedding_idx on public.document_chunks using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)
-
 -- active_centroids --
 select segmento, centroid from public.segments
 where model_id = pipeline.source_segment_model(%(source)s)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
 
 from pipeline.chunking import chunk_text
 from pipeline.config import Settings
@@ -510,7 +511,33 @@ def switch_model(conn: Connection, embedder: Embedder) -> None:
         column = int(row["dimension"]) if row else -1
         if column != embedder.dimension:
             logger.warning("changing vector columns from %d to %d dimensions", column, embedder.dimension)
-            for statement in query("change_dimension").decode().split(";\n"):
-                if statement.strip():
-                    conn.execute(statement.replace("{dim}", str(int(embedder.dimension))).encode())
+            for source in load_sources(conn):
+                _change_dimension(conn, source, embedder.dimension)
+            conn.execute("delete from public.segments")
         conn.execute(query("set_model"), {"model": embedder.name, "dimension": embedder.dimension})
+
+
+def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
+    """Clear a source's vectors and give its vector column the new dimension, rebuilding its indexes."""
+    target = source.chunks if source.chunked else source.table
+    indexes = conn.execute(
+        "select pg_get_indexdef(i.indexrelid) as definition, i.indexrelid::regclass::text as name"
+        " from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
+        " where i.indrelid = to_regclass(%s) and a.attname = 'embedding'",
+        (target.as_string(conn),),
+    ).fetchall()
+    for index in indexes:
+        conn.execute(f"drop index {index['name']}".encode())
+    if source.chunked:
+        conn.execute(sql.SQL("delete from {}").format(target))
+    clear = "embedding_model = null, content_hash = null, embedded_at = null"
+    conn.execute(
+        sql.SQL("update {} set {}{} where embedded_at is not null").format(
+            source.table, sql.SQL("" if source.chunked else "embedding = null, "), sql.SQL(clear)
+        )
+    )
+    conn.execute(
+        sql.SQL("alter table {} alter column embedding type vector({})").format(target, sql.SQL(str(int(dimension))))
+    )
+    for index in indexes:
+        conn.execute(index["definition"].encode())
