@@ -71,6 +71,7 @@ class SegmentarResponse(BaseModel):
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
+    source: str = Field("dores", pattern=r"^[a-z][a-z0-9_]{0,39}$", description="whose segments")
 
 
 class ClassifyResponse(BaseModel):
@@ -290,7 +291,7 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         vector = embed([body.text])[0]
 
         def work(conn: Any) -> Any:
-            return conn.execute(query("classify"), {"embedding": vector}).fetchone()
+            return conn.execute(query("classify"), {"embedding": vector, "source": body.source}).fetchone()
 
         row = with_connection(work)
         if row is None:
