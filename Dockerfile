@@ -13,6 +13,8 @@ RUN pip install -r requirements.txt -e .
 
 RUN useradd --system --home /app pipeline && mkdir -p /models && chown pipeline /models
 USER pipeline
+# The multilingual default model, baked in at build time (HF_HOME=/models): the container starts offline.
+RUN pipeline model download
 VOLUME ["/models"]
 
 CMD ["sh", "-c", "pipeline migrate && exec pipeline run"]

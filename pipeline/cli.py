@@ -19,14 +19,16 @@ from pipeline.errors import PipelineError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # Options of the model and the logs, for every command; `common` adds the database's.
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", help="model name or local directory (default: as recorded in the database)")
+    model.add_argument("--device", help="torch device: cpu, cuda, mps (default: best available)")
+    model.add_argument("--batch-size", type=int, help="texts per forward pass (default 32)")
+    model.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    model.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON")
+    common = argparse.ArgumentParser(add_help=False, parents=[model])
     common.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL, else the embedded server)")
     common.add_argument("--data-dir", type=Path, help="embedded server's directory (default: $PIPELINE_DATA_DIR)")
-    common.add_argument("--model", help="model name or local directory (default: as recorded in the database)")
-    common.add_argument("--device", help="torch device: cpu, cuda, mps (default: best available)")
-    common.add_argument("--batch-size", type=int, help="texts per forward pass (default 32)")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    common.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON")
 
     parser = argparse.ArgumentParser(
         prog="pipeline",
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rebuild", action="store_true", help="re-embed every row, stale or not")
 
     p = sub.add_parser("reembed", parents=[common], help="switch the database to another model and re-embed everything")
+    p.add_argument("--force", action="store_true", help="re-embed every row even when the model is already the one")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("failed", parents=[common], help="rows that exhausted their retries, with the reason")
@@ -72,19 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="the rows (or chunks) of a source nearest to a text",
         description="Embeds the text with the database's model and calls the source's SQL function "
-        "(match_dores, match_documents, match_<source>); prints the nearest rows, or JSON with --json.",
+        "(match_dores, match_documents, match_<source>); prints the nearest rows, or JSON with --json. With "
+        "--hybrid (dores, documents), words and meaning are fused by reciprocal rank fusion and the results "
+        "carry the `score` that orders them.",
     )
     p.add_argument("text")
     _source_option(p, "the source to search (default: dores)", default="dores")
     p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     p.add_argument("--segmento", type=int, help="sources with segments (dores): only this segment")
-    p.add_argument("--hybrid", action="store_true", help="documents: fuse full-text and vector ranks (RRF)")
+    p.add_argument(
+        "--hybrid", action="store_true", help="dores, documents: fuse Portuguese full-text and vector ranks (RRF)"
+    )
     p.add_argument("--filter", help="chunked sources: JSON object the chunk metadata must contain")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
         "embed",
-        parents=[common],
+        parents=[model],
         help="print embeddings as JSON (no database): --stdin, or --csv FILE --text-col COL --out F.json",
         description="n8n Execute Command compatible. `echo texto | pipeline embed --stdin` prints "
         '[{"text", "embedding"}]; stdin may also be {"text": ...} or {"texts": [...]}, or one text per line '
@@ -95,10 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="CSV file to embed")
     p.add_argument("--text-col", default="dor_base", help="CSV column to embed (default dor_base)")
     p.add_argument("--out", help="JSON file to write (default: stdout)")
-    p.add_argument("--batch", type=int, help="texts per forward pass (default 32)")
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # the old scripts' name of --batch-size
 
-    p = sub.add_parser("import-docs", parents=[common], help="load .txt/.md files (or folders of them) as documents")
+    p = sub.add_parser(
+        "import-docs",
+        parents=[common],
+        help="load .txt/.md files (or folders of them) as documents",
+        description="Each file becomes one row of `documents` (title: the first Markdown heading, else the file "
+        "name); the daemon or `pipeline sync` then chunks and embeds it. Search with `pipeline search TEXT "
+        "--source documents`. Metadata (filter on it with --filter): each file's name and path, its YAML front "
+        "matter (--- key: value ---), and --metadata.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--metadata", help='JSON object added to every document\'s metadata, e.g. \'{"tipo": "proposta"}\'')
 
     p = sub.add_parser("import-csv", parents=[common], help="load a CSV of dores (dor_base, solucao_graventum, ...)")
     p.add_argument("file")
@@ -147,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["url", "stop"])
 
     sub.add_parser("demo", parents=[common], help="migrate, load the sample dores, sync, search and show status")
+
+    p = sub.add_parser(
+        "model",
+        parents=[model],
+        help="`model download [NAME]`: fetch a model (default: the multilingual one) into the local cache",
+        description="Downloads a sentence-transformers model from the Hugging Face hub into the local cache "
+        "(HF_HOME), where every command then finds it without the network, and prints its directory. Default: "
+        "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2, the Portuguese-capable default.",
+    )
+    p.add_argument("action", choices=["download"])
+    p.add_argument("name", nargs="?", help="hub model name (default: the multilingual default)")
 
     p = sub.add_parser(
         "source",
@@ -214,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args)
     overrides = {
-        "database_url": args.database_url,
-        "data_dir": args.data_dir,
+        "database_url": getattr(args, "database_url", None),
+        "data_dir": getattr(args, "data_dir", None),
         "model": args.model,
         "device": args.device,
         "batch_size": args.batch_size,

@@ -65,21 +65,6 @@ def _sources(name: str | None) -> list[str] | None:
     return None if name in (None, "all") else [name]  # type: ignore[list-item]
 
 
-class _Progress:
-    """A tqdm bar on stderr fed by batch reports (rows/s and ETA come from tqdm)."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="rows", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-
-    def __call__(self, report: Any) -> None:
-        self.bar.update(report.claimed)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 # -- commands ------------------------------------------------------------------------------------
 
 
@@ -97,11 +82,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("sync")
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.sync import prepare_worker
+    from pipeline.progress import Progress
+    from pipeline.sync import count_ready, prepare_worker
 
     with _worker_connections(settings) as (conn, spare):
         worker = prepare_worker(conn, settings)
-        report = worker.drain(conn, _sources(args.source), spare=spare)
+        sources = _sources(args.source)
+        with Progress(count_ready(conn, sources), "sync") as progress:
+            report = worker.drain(conn, sources, spare=spare, on_batch=progress)
     return _print_report(args, report, "sync")
 
 
@@ -118,6 +106,7 @@ def _print_report(args: argparse.Namespace, report: Any, what: str) -> int:
 
 @command("backfill")
 def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = None) -> int:
+    from pipeline.progress import Progress
     from pipeline.sync import Worker, count_ready, prepare_worker, queue_stale
 
     sources = _sources(args.source)
@@ -127,7 +116,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = N
         queued = queue_stale(conn, sources=sources, model=worker.embedder.name, rebuild=args.rebuild)
         total = count_ready(conn, sources)
         logger.info("backfill: %d rows newly queued, %d ready to process", queued, total)
-        progress = _Progress(total, "backfill")
+        progress = Progress(total, "backfill")
         try:
             report = worker.drain(conn, sources, spare=spare, on_batch=progress)
         except KeyboardInterrupt:
@@ -146,6 +135,14 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.model:
         raise InputError("reembed needs the new model: pipeline reembed --model NAME_OR_DIRECTORY")
+    from pipeline.embedding import resolve_model
+    from pipeline.sync import recorded_model
+
+    with _connection(settings) as conn:
+        recorded, _ = recorded_model(conn)
+    if not args.force and recorded is not None and resolve_model(settings.model, recorded).name == recorded:
+        print(f"the database is already embedded with {recorded}: nothing to do (--force re-embeds every row)")
+        return 0
     embedder = load_embedder(settings)
     with _connection(settings) as conn:
         switch_model(conn, embedder)
@@ -224,27 +221,41 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sources import load_sources
 
     filter_ = _json_object(args.filter, "--filter") if args.filter else None
+    if not args.text.strip():
+        raise InputError("the search text is empty")
+    if args.k < 1:
+        raise InputError(f"-k must be at least 1, got {args.k}")
     with _connection(settings) as conn:
         (source,) = load_sources(conn, [args.source])
         embedder = _query_embedder(conn, settings)
+        hybrid = bool(args.hybrid)
         rows = search_source(
-            conn, embedder, source, args.text, k=args.k, hybrid=args.hybrid, filter=filter_, segmento=args.segmento
+            conn, embedder, source, args.text, k=args.k, hybrid=hybrid, filter=filter_, segmento=args.segmento
         )
+    if not rows:
+        print(f"no results in {source.name}" + (f" matching {args.filter}" if args.filter else ""), file=sys.stderr)
     if args.json:
         _print_json(rows)
         return 0
     for rank, row in enumerate(rows, 1):
         if source.chunked:
             title = row["title"] or f"{source.name} {row.get(source.chunk_key_column or '')}"
-            print(f"{rank}. {row['similarity']:.3f}  {title} [chunk {row['chunk_index']}]")
+            print(f"{rank}. {_shown_score(row)}  {title} [chunk {row['chunk_index']}]")
             print("   " + " ".join(row["content"].split())[:300])
             continue
         segment = f" [segmento {row['segmento']}]" if row.get("segmento") is not None else ""
         text = row.get("dor_base") or row.get("content") or ""
-        print(f"{rank}. {row['similarity']:.3f}{segment} #{row['id']} {' '.join(str(text).split())[:300]}")
+        print(f"{rank}. {_shown_score(row)}{segment} #{row['id']} {' '.join(str(text).split())[:300]}")
         if row.get("solucao_graventum"):
             print(f"   -> {row['solucao_graventum']}")
     return 0
+
+
+def _shown_score(row: dict[str, Any]) -> str:
+    """The number that explains the order: the RRF score of a hybrid search, else the cosine similarity."""
+    if "score" in row:
+        return f"score {row['score']:.4f} (similarity {row['similarity']:.3f})"
+    return f"{row['similarity']:.3f}"
 
 
 def _json_object(raw: str, flag: str) -> dict[str, Any]:
@@ -264,7 +275,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
     if bool(args.stdin) == bool(args.csv):
         raise InputError("give exactly one of --stdin or --csv FILE")
-    batch = args.batch or settings.batch_size
+    batch = getattr(args, "batch", None) or settings.batch_size
     if args.stdin:
         texts = parse_stdin(sys.stdin.read(), lines=args.lines)
         embedder = load_embedder(dataclasses.replace(settings, batch_size=batch))
@@ -277,6 +288,12 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     records = [(row.get("id") or str(i), row.get(args.text_col) or "") for i, row in enumerate(rows)]
     if not records:
         raise InputError(f"{args.csv} has a header but no rows")
+    empty = [i for i, text in records if not text.strip()]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        logger.warning(
+            "%d rows have an empty %s (ids %s): written with a null embedding", len(empty), args.text_col, shown
+        )
     embedder = load_embedder(dataclasses.replace(settings, batch_size=batch))
     from tqdm import tqdm
 
@@ -285,9 +302,10 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     with tqdm(total=len(records), desc="embed", unit="texts", file=sys.stderr) as bar:
         for start in range(0, len(records), step):
             part = records[start : start + step]
-            vectors = embedder.embed([text for _, text in part])
+            filled = [text for _, text in part if text.strip()]
+            vectors = iter(embedder.embed(filled) if filled else [])
             out.extend(
-                {"id": _id(i), "text": t, "embedding": v.tolist()} for (i, t), v in zip(part, vectors, strict=True)
+                {"id": _id(i), "text": t, "embedding": next(vectors).tolist() if t.strip() else None} for i, t in part
             )
             bar.update(len(part))
     if args.out in (None, "-"):
@@ -308,7 +326,8 @@ def cmd_import_docs(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.db import query
     from pipeline.textio import document_paths, read_document
 
-    documents = [read_document(path) for path in document_paths(args.paths)]
+    metadata = _json_object(args.metadata, "--metadata") if args.metadata else None
+    documents = [read_document(path, metadata) for path in document_paths(args.paths)]
     with _connection(settings) as conn, conn.transaction():
         for doc in documents:
             conn.execute(query("insert_document"), {**doc, "metadata": json.dumps(doc["metadata"], ensure_ascii=False)})
@@ -405,6 +424,8 @@ def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.segments import classify
 
+    if not args.text.strip():
+        raise InputError("the text to classify is empty")
     with _connection(settings) as conn:
         embedder = _query_embedder(conn, settings)
         result = classify(conn, embedder, args.text, source=args.source)
@@ -502,4 +523,13 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
                 + f" and {removed['queued_dropped']} queued rows dropped"
                 + ("; vector columns dropped" if args.drop_columns else "")
             )
+    return 0
+
+
+@command("model")
+def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.embedding import DEFAULT_MODEL, download_model
+
+    name = args.name or DEFAULT_MODEL
+    print(f"{name}: {download_model(name)}")
     return 0

@@ -9,9 +9,10 @@ from pipeline.config import Settings
 from pipeline.csvio import import_dores
 from pipeline.db import connect, database_url
 from pipeline.migrations import migrate
+from pipeline.progress import Progress
 from pipeline.search import search_dores
 from pipeline.status import format_status, status
-from pipeline.sync import prepare_worker
+from pipeline.sync import count_ready, prepare_worker
 
 SAMPLE = Path(__file__).parent / "data" / "dores_exemplo.csv"
 QUERIES = [
@@ -34,7 +35,8 @@ def run_demo(settings: Settings) -> int:
         else:
             print(f"import-csv: dores already has {row['n'] if row else 0} rows; sample not loaded again")
         worker = prepare_worker(conn, settings)
-        sync = worker.drain(conn, spare=spare)
+        with Progress(count_ready(conn), "sync") as progress:
+            sync = worker.drain(conn, spare=spare, on_batch=progress)
         print(f"sync: {sync.embedded} rows embedded in {sync.seconds:.1f}s, {sync.unchanged} unchanged")
         for text in QUERIES:
             print(f'\nsearch "{text}":')

@@ -70,6 +70,25 @@ def _cached_snapshot(name: str) -> str | None:
         return None
 
 
+def download_model(name: str = DEFAULT_MODEL) -> str:
+    """Fetch a hub model into the local Hugging Face cache (a no-op when it is there); return its directory."""
+    cached = _cached_snapshot(name)
+    if cached:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        raise ModelError(f"cannot download {name}: HF_HUB_OFFLINE is set")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(name, etag_timeout=HUB_TIMEOUT_S))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot download {name} ({reason[:200]}); on a machine with network, run "
+            f"`pipeline model download {name}` and copy the cache (HF_HOME) over"
+        ) from None
+
+
 def _hub_reachable(name: str) -> bool:
     """Ask the hub once, briefly, whether `name` can be downloaded."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:

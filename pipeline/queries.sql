@@ -66,6 +66,11 @@ select source, row_id, attempts + 1, %(error)s from gone
 on conflict (source, row_id)
 do update set attempts = excluded.attempts, error = excluded.error, failed_at = now()
 
+-- record_sync --
+insert into pipeline.state (key, value, updated_at)
+select k, now()::text, now() from unnest(%(keys)s::text[]) k
+on conflict (key) do update set value = excluded.value, updated_at = now()
+
 -- count_ready --
 select count(*) as n from pipeline.queue
 where (%(sources)s::text[] is null or source = any(%(sources)s::text[])) and next_attempt_at <= now()

@@ -20,20 +20,28 @@ def search_source(
     text: str,
     *,
     k: int = 5,
-    hybrid: bool = False,
+    hybrid: bool | None = False,
     filter: dict[str, Any] | None = None,
     segmento: int | None = None,
 ) -> list[dict[str, Any]]:
     """The `k` rows (or chunks) of `source` nearest to `text`, through its SQL function.
 
-    Chunked sources take a metadata `filter` and, where `<function>_hybrid` exists, `hybrid` (full
-    text fused with vectors); a source with a segment column takes `segmento`.
+    `hybrid` fuses full text with the vectors through `<function>_hybrid` (results then carry the RRF
+    `score` that orders them); None means: wherever the source has that function. Chunked sources take
+    a metadata `filter`; a source with a segment column takes `segmento`.
     """
     text = text.replace("\x00", "")
     if filter and not source.chunked:
         raise InputError(f"filter applies to chunked sources; {source.name} is a row source")
     if segmento is not None and not source.segment_column:
         raise InputError(f"segmento applies to a source with segments; {source.name} has none")
+    if hybrid is None or hybrid:
+        with translate_errors():
+            found = conn.execute("select to_regproc(%s) as f", (f"public.{source.search_function}_hybrid",))
+            available = found.fetchone()["f"] is not None
+        if hybrid and not available:
+            raise InputError(f"hybrid search is not available for source {source.name}")
+        hybrid = available
     function = source.search_function + ("_hybrid" if hybrid else "")
     vector = _query_vector(embedder, text, k)
     args: dict[str, Any] = {"query_embedding": vector, "match_count": k}
@@ -45,8 +53,6 @@ def search_source(
     if segmento is not None:
         args["filter_segmento"] = segmento
     with translate_errors():
-        if hybrid and not conn.execute("select to_regproc(%s) as f", (f"public.{function}",)).fetchone()["f"]:
-            raise InputError(f"hybrid search is not available for source {source.name}")
         named = sql.SQL(", ").join(
             sql.SQL("{} => {}{}").format(
                 sql.Identifier(name), sql.Placeholder(name), sql.SQL(f"::{casts[name]}" if name in casts else "")
@@ -56,7 +62,11 @@ def search_source(
         statement = sql.SQL("select * from {}({})").format(sql.Identifier("public", function), named)
         rows = conn.execute(statement, args).fetchall()
     if not source.chunked:
-        return [{**row, "similarity": round(float(row["similarity"]), 4)} for row in rows]
+        return [
+            {**row, "similarity": round(float(row["similarity"]), 4)}
+            | ({"score": round(float(row["score"]), 6)} if hybrid else {})
+            for row in rows
+        ]
     results = []
     for row in rows:
         metadata = row["metadata"] or {}
@@ -77,9 +87,9 @@ def search_source(
 def search_dores(
     conn: Connection, embedder: Embedder, text: str, *, k: int = 5, segmento: int | None = None
 ) -> list[dict[str, Any]]:
-    """The `k` dores nearest to `text`, through `match_dores`."""
+    """The `k` dores nearest to `text` by meaning alone, through `match_dores`."""
     (source,) = load_sources(conn, ["dores"])
-    return search_source(conn, embedder, source, text, k=k, segmento=segmento)
+    return search_source(conn, embedder, source, text, k=k, hybrid=False, segmento=segmento)
 
 
 def search_documents(

@@ -55,20 +55,37 @@ def seed_text(dor_base: Sequence[str], solucao: Sequence[str | None]) -> list[st
     return [f"{d} {s or ''}" for d, s in zip(dor_base, solucao, strict=True)]
 
 
+SEED_TFIDF = {"min_df": 2, "max_df": 0.95}
+SMALL_TFIDF = {"min_df": 1, "max_df": 1.0}
+
+
 def fit_tfidf(texts: Sequence[str], *, clusters: int, max_features: int = 500) -> tuple[np.ndarray, Any, Any]:
-    """TF-IDF (max_features, min_df=2, max_df=0.95) + KMeans(clusters, fixed random state), as the seed did."""
+    """TF-IDF (max_features, min_df=2, max_df=0.95) + KMeans(clusters, fixed random state), as the seed did.
+
+    The seed's settings keep only words found in two texts or more: a handful of texts (an n8n call with
+    two rows) can leave no word at all. Then every word counts (min_df=1, max_df=1.0), and the log says so.
+    """
     from sklearn.cluster import KMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if clusters < 2:
-        raise InputError(f"--clusters must be at least 2, got {clusters}")
+        raise InputError(f"the number of segments must be at least 2, got {clusters}")
     if len(texts) < clusters:
-        raise InputError(f"{len(texts)} rows cannot make {clusters} segments: use fewer --clusters")
-    vectorizer = TfidfVectorizer(max_features=max_features, min_df=2, max_df=0.95)
-    try:
-        matrix = vectorizer.fit_transform(texts)
-    except ValueError as exc:  # empty vocabulary: too few or too short texts
-        raise InputError(f"cannot build a TF-IDF vocabulary from these texts ({exc})") from None
+        raise InputError(f"{len(texts)} rows cannot make {clusters} segments: ask for {len(texts)} or fewer")
+    matrix = None
+    for settings in (SEED_TFIDF, SMALL_TFIDF):
+        vectorizer = TfidfVectorizer(max_features=max_features, **settings)  # type: ignore[arg-type]
+        try:
+            matrix = vectorizer.fit_transform(texts)
+            break
+        except ValueError as exc:  # no word left, or max_df below min_df: too few or too short texts
+            if settings is SMALL_TFIDF:
+                raise InputError(f"cannot build a TF-IDF vocabulary from these {len(texts)} texts ({exc})") from None
+            logger.warning(
+                "%d texts are too few for the seed's TF-IDF settings (min_df=2, max_df=0.95): every word counts "
+                "instead (min_df=1, max_df=1.0)",
+                len(texts),
+            )
     kmeans = KMeans(n_clusters=clusters, random_state=RANDOM_STATE, n_init=10)
     labels = kmeans.fit_predict(matrix)
     return labels, vectorizer, kmeans

@@ -162,8 +162,11 @@ class Source:
         return sql.SQL(
             "insert into pipeline.queue (source, row_id)"
             " select {name}, t.{key}::text from {table} t"
-            " where {missing}t.embedding_model is distinct from %(model)s"
-            " or t.content_hash is distinct from pipeline.content_hash(({text})::text)"
+            " where ({missing}t.embedding_model is distinct from %(model)s"
+            " or t.content_hash is distinct from pipeline.content_hash(({text})::text))"
+            # A row that failed for good stays in pipeline.failed until its text changes (the trigger
+            # takes it out then): queueing it again would only fail it again. `retry-failed` is the way.
+            " and not exists (select 1 from pipeline.failed f where f.source = {name} and f.row_id = t.{key}::text)"
             " on conflict (source, row_id) do nothing"
         ).format(name=sql.Literal(self.name), missing=missing, **self._parts())
 

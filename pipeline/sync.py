@@ -357,8 +357,12 @@ class Worker:
         total = SyncReport()
         started = time.perf_counter()
 
+        touched: set[str] = set()
+
         def collect(report: SyncReport) -> None:
             total.add(report)
+            if report.claimed:
+                touched.add(report.source)
             if on_batch:
                 on_batch(report)
 
@@ -378,6 +382,7 @@ class Worker:
                     else:
                         collect(report)
             total.seconds = time.perf_counter() - started
+            _record_sync(conn, touched)
             return total
 
         from concurrent.futures import Future, ThreadPoolExecutor
@@ -420,7 +425,15 @@ class Worker:
             if writing is not None:
                 collect(writing.result())
         total.seconds = time.perf_counter() - started  # wall time: overlapped batches' own times add up to more
+        _record_sync(conn, touched)
         return total
+
+
+def _record_sync(conn: Connection, sources: set[str]) -> None:
+    """When each source was last synced, whatever came of it (`status` shows it even if every row failed)."""
+    if sources:
+        with translate_errors():
+            conn.execute(query("record_sync"), {"keys": [f"last_sync:{name}" for name in sorted(sources)]})
 
 
 def _resolve(conn: Connection, sources: Sequence[Source | str] | None) -> list[Source]:

@@ -46,8 +46,17 @@ def _texts_from_json(body: Any) -> list[str]:
     raise InputError('JSON input must be {"text": "..."} or {"texts": ["...", ...]}')
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Title (first Markdown heading, else the file name), content and metadata of a .txt/.md file."""
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+
+
+def read_document(path: Path, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Title, content and metadata of a .txt/.md file.
+
+    Metadata: the file's name and path, then its YAML front matter (`---` ... `---` at the top; a `title`
+    there is the title), then `metadata` (from `--metadata`). The title is otherwise the first Markdown
+    heading, taken out of the content (the model reads title and content together: it would read the
+    heading twice), else the file name.
+    """
     if path.suffix.lower() not in DOCUMENT_SUFFIXES:
         raise InputError(f"{path}: only .txt and .md files are loaded as documents")
     try:
@@ -56,15 +65,44 @@ def read_document(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} is not UTF-8: save it as UTF-8 and try again") from None
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror}") from None
-    title = path.stem.replace("_", " ").replace("-", " ").strip()
-    for line in content.splitlines():
+    meta: dict[str, Any] = {"source": str(path), "file_name": path.name}
+    front = _FRONT_MATTER.match(content)
+    if front:
+        meta.update(_front_matter(path, front.group(1)))
+        content = content[front.end() :]
+    meta.update(metadata or {})
+    title = str(meta.pop("title")) if meta.get("title") else None
+    lines = content.splitlines(keepends=True)
+    for number, line in enumerate(lines):
         match = _HEADING.match(line)
         if match:
-            title = match.group(1)
+            if title is None:
+                title = match.group(1)
+                content = "".join(lines[:number] + lines[number + 1 :]).strip("\n")
             break
         if line.strip():
-            break  # the first non-empty line is not a heading: keep the file name
-    return {"title": title, "content": content, "metadata": {"source": str(path), "file_name": path.name}}
+            break  # the first non-empty line is not a heading
+    title = title or path.stem.replace("_", " ").replace("-", " ").strip()
+    return {"title": title, "content": content, "metadata": _json_safe(meta)}
+
+
+def _front_matter(path: Path, text: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: the front matter is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the front matter must be `key: value` lines")
+    return {str(k): v for k, v in data.items()}
+
+
+def _json_safe(value: Any) -> Any:
+    """YAML dates and the like as strings, so the metadata is JSON."""
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def document_paths(paths: list[str]) -> list[Path]:

@@ -243,7 +243,64 @@ begin
 end
 $$;
 
--- hnsw.ef_search is raised to 100 for this call only (recall@10 >= 0.98 at 100,000 chunks).
+-- Words and meaning together: the dores that share the query's words (Portuguese stems, any of them, ranked
+-- by cover density) fused with the nearest vectors by reciprocal rank fusion. `score` orders the results;
+-- `similarity` is the cosine, as in match_dores. With a segment filter, pgvector's iterative index scan
+-- keeps going until enough rows of that segment are found.
+create or replace function public.match_dores_hybrid(
+    query_text text,
+    query_embedding vector(384),
+    match_count int default 10,
+    filter_segmento int default null,
+    full_text_weight float default 1,
+    semantic_weight float default 1,
+    rrf_k int default 50
+)
+returns table (id bigint, dor_base text, solucao_graventum text, segmento int, similarity float, score float)
+language sql stable security invoker
+set search_path from current
+set hnsw.ef_search = 100
+set hnsw.iterative_scan = 'relaxed_order'
+as $$
+    with query as (
+        select nullif(replace(plainto_tsquery('portuguese', query_text)::text, ' & ', ' | '), '')::tsquery as words
+    ),
+    full_text as (
+        select d.id,
+               row_number() over (order by ts_rank_cd(
+                   to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)), q.words
+               ) desc) as rank_ix
+        from public.dores d, query q
+        where to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)) @@ q.words
+          and d.embedding is not null
+          and (filter_segmento is null or d.segmento = filter_segmento)
+        order by rank_ix
+        limit least(match_count, 30) * 2
+    ),
+    semantic as (
+        select n.id, row_number() over (order by n.distance) as rank_ix
+        from (
+            select d.id, d.embedding <=> query_embedding as distance
+            from public.dores d
+            where d.embedding is not null and (filter_segmento is null or d.segmento = filter_segmento)
+            order by d.embedding <=> query_embedding
+            limit least(match_count, 30) * 2
+        ) n
+    )
+    select d.id, d.dor_base, d.solucao_graventum, d.segmento,
+           1 - (d.embedding <=> query_embedding) as similarity,
+           coalesce(1.0 / (rrf_k + full_text.rank_ix), 0.0) * full_text_weight
+             + coalesce(1.0 / (rrf_k + semantic.rank_ix), 0.0) * semantic_weight as score
+    from full_text
+    full outer join semantic on full_text.id = semantic.id
+    join public.dores d on d.id = coalesce(full_text.id, semantic.id)
+    order by score desc, similarity desc
+    limit match_count
+$$;
+
+-- hnsw.ef_search is raised to 100 for this call only (recall@10 >= 0.98 at 100,000 chunks). With a selective
+-- `filter`, pgvector's iterative index scan goes on past the first candidates until `match_count` chunks
+-- that match are found (relaxed order, put back in order here).
 create or replace function public.match_documents(
     query_embedding vector(384),
     match_count int default null,
@@ -253,12 +310,18 @@ returns table (id bigint, content text, metadata jsonb, similarity float)
 language sql stable security invoker
 set search_path from current
 set hnsw.ef_search = 100
+set hnsw.iterative_scan = 'relaxed_order'
 as $$
-    select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding) as similarity
-    from public.document_chunks c
-    where c.metadata @> filter
-    order by c.embedding <=> query_embedding
-    limit match_count
+    with nearest as materialized (
+        select c.id, c.content, c.metadata, c.embedding <=> query_embedding as distance
+        from public.document_chunks c
+        where c.metadata @> filter
+        order by c.embedding <=> query_embedding
+        limit match_count
+    )
+    select n.id, n.content, n.metadata, 1 - n.distance as similarity
+    from nearest n
+    order by n.distance
 $$;
 
 create or replace function public.match_documents_hybrid(

@@ -40,6 +40,10 @@ def test_import_sync_status_search(db_url: str) -> None:
     assert len(hits) == 3
     assert "consulta" in hits[0]["dor_base"].lower()
     assert hits[0]["similarity"] >= hits[1]["similarity"] >= hits[2]["similarity"]
+    hybrid = json.loads(run_cli("search", "pacientes faltam às consultas marcadas", "-k", "3", "--hybrid",
+                                "--json", db_url=db_url).stdout)  # fmt: skip
+    assert "consulta" in hybrid[0]["dor_base"].lower()
+    assert hybrid[0]["score"] >= hybrid[1]["score"] >= hybrid[2]["score"]  # the RRF score orders them
 
     text = run_cli("status", db_url=db_url)
     assert "dores" in text.stdout and "199" in text.stdout

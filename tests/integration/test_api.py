@@ -171,3 +171,16 @@ def test_fifty_concurrent_requests(db_url: str, embedder: Any) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_segmentar_example_of_the_docs_works_and_errors_speak_of_the_request(client: Any) -> None:
+    rows = [
+        {"dor_base": "Estoque não bate", "solucao_graventum": "Integração"},
+        {"dor_base": "Pacientes faltam", "solucao_graventum": "Agenda"},
+    ]
+    ok = client.post("/ml/segmentar", json={"rows": rows, "clusters": 2}, headers=AUTH)
+    assert ok.status_code == 200, ok.text
+    assert sorted(r["segmento"] for r in ok.json()["rows"]) == [0, 1]
+    too_many = client.post("/ml/segmentar", json={"rows": rows, "clusters": 3}, headers=AUTH)
+    assert too_many.status_code == 422 and "--" not in too_many.json()["error"]
+    assert "ask for 2 or fewer" in too_many.json()["error"]

@@ -113,3 +113,18 @@ def test_document_metadata_and_chunks_follow_edits(conn: Any, worker: Worker, do
     chunks = conn.execute("select content, metadata from document_chunks where document_id = %s", (doc,)).fetchall()
     assert any("transporte escolar" in c["content"] for c in chunks)
     assert all(c["metadata"]["tipo"] == "arquivo" for c in chunks)
+
+
+def test_a_selective_filter_still_returns_match_count_chunks(conn: Any, worker: Any, embedder: Any) -> None:
+    conn.execute(
+        "insert into documents (title, content, metadata) select 'Nota ' || g, 'Reunião de acompanhamento número '"
+        " || g || ' com o cliente.', case when g % 100 = 0 then '{\"tipo\": \"raro\"}' else '{\"tipo\": \"comum\"}'"
+        " end::jsonb from generate_series(1, 2000) g"
+    )
+    worker.drain(conn)
+    query = embedder.embed(["reunião com o cliente"])[0]
+    rows = conn.execute(
+        "select * from match_documents(%s, 5, '{\"tipo\": \"raro\"}')", (query,)
+    ).fetchall()
+    assert len(rows) == 5 and all(r["metadata"]["tipo"] == "raro" for r in rows)
+    assert [r["similarity"] for r in rows] == sorted((r["similarity"] for r in rows), reverse=True)

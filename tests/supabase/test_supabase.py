@@ -354,3 +354,27 @@ def test_an_adopted_table_keeps_its_settings_and_status_warns(supabase: Project)
     assert len(warnings) == 1 and warnings[0].startswith("public.dores: the API roles can anon delete"), warnings
     assert "(rls_disabled_in_public)" in warnings[0]
     assert lints(supabase.postgres_url) == [("rls_disabled_in_public", "dores")]
+
+
+def test_a_source_added_on_supabase_is_closed_like_the_rest(supabase: Project, embedder: Any) -> None:
+    with connect(supabase.postgres_url) as conn:
+        migrate(conn)
+        conn.execute("create table public.emails (id uuid primary key default gen_random_uuid(), corpo text)")
+        conn.execute("insert into public.emails (corpo) values ('A impressora não liga desde ontem.')")
+        from pipeline.source_admin import add_source
+
+        add_source(conn, name="emails", table="public.emails", text="corpo", chunked=True)
+        record_model(conn, embedder)
+        assert Worker(embedder=embedder, settings=Settings()).drain(conn).embedded == 1
+    vector = str(embedder.embed(["impressora"])[0].tolist())
+    for role in API_ROLES:
+        assert supabase.api("select * from public.emails_chunks", role=role) == []
+        assert supabase.api.rpc("match_emails", {"query_embedding": vector, "match_count": 3}, role=role) == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            supabase.api("truncate public.emails_chunks", role=role)
+    found = supabase.api.rpc("match_emails", {"query_embedding": vector, "match_count": 3}, role="service_role")
+    assert len(found) == 1 and "impressora" in found[0]["content"]
+    # The table existed before the source: its settings are its owner's, and the advisor says so.
+    assert lints(supabase.postgres_url) == [("rls_disabled_in_public", "emails")]
+    with connect(supabase.postgres_url) as conn:
+        assert [f.object for f in advisor(conn)] == ["public.emails"]
