@@ -17,6 +17,7 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
@@ -33,6 +34,14 @@ def main() -> None:
     parser.add_argument(
         "--source", choices=["dores", "leads"], default="dores", help="leads: a uuid-keyed source added by command"
     )
+    parser.add_argument(
+        "--texts",
+        choices=["dores", "assin2"],
+        default="dores",
+        help="assin2: ASSIN 2's short Portuguese sentences (10-20 tokens) from --evaldata, as dor_base",
+    )
+    parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on", help="the worker's commits")
+    parser.add_argument("--evaldata", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "evaldata")
     args = parser.parse_args()
 
     from pipeline.config import Settings
@@ -41,9 +50,19 @@ def main() -> None:
     from pipeline.embedding import resolve_model
     from pipeline.sync import prepare_worker
 
-    pairs = dores_texts(args.rows)
-    texts = [f"{d}\n{s}" for d, s in pairs]
-    settings = Settings(interval=300.0)
+    if args.texts == "assin2":
+        import xml.etree.ElementTree as ET
+
+        sentences: dict[str, None] = {}
+        for pair in ET.parse(args.evaldata / "assin2" / "assin2-test.xml").getroot().iter("pair"):
+            for tag in ("t", "h"):
+                sentences[(pair.findtext(tag) or "").strip()] = None
+        pairs = [(text, "") for text in list(sentences)[: args.rows] if text]
+        args.rows = len(pairs)
+    else:
+        pairs = dores_texts(args.rows)
+    texts = [f"{d}\n{s}" if s else d for d, s in pairs]
+    settings = Settings(interval=300.0, synchronous_commit=args.synchronous_commit)
     if args.batch_size:
         settings = dataclasses.replace(settings, batch_size=args.batch_size)
     with scratch_database() as url, connect(url) as conn:
@@ -106,8 +125,9 @@ def main() -> None:
 
     raw, pipe, ratio = statistics.median(raw_times), statistics.median(pipe_times), statistics.median(ratios)
     print(
-        f"\nmachine: {machine()}; model {name}; {args.rows} texts into source {args.source}; "
-        f"batch {settings.batch_size}, claim {settings.claim_size}; median of {args.runs} runs\n"
+        f"\nmachine: {machine()}; model {name}; {args.rows} {args.texts} texts into source {args.source}; "
+        f"batch {settings.batch_size}, claim {settings.claim_size}, synchronous_commit {settings.synchronous_commit}; "
+        f"median of {args.runs} runs\n"
     )
     print(
         table(

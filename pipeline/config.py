@@ -35,6 +35,9 @@ class Settings:
     """`PIPELINE_BATCH_SIZE`: texts per forward pass (texts of similar token counts go together)."""
     claim_size: int = 512
     """`PIPELINE_CLAIM_SIZE`: queue rows claimed (and committed) together."""
+    synchronous_commit: str = "on"
+    """`PIPELINE_SYNCHRONOUS_COMMIT`: `off` lets the worker's batch commits return before the WAL is flushed.
+    A crash can then lose only the last batches whole, their queue rows with them: they are embedded again."""
     interval: float = 30.0
     """`PIPELINE_INTERVAL`: seconds between polls when no notification arrives."""
     max_attempts: int = 5
@@ -95,6 +98,8 @@ class Settings:
             raise ConfigError(f"interval must be positive, got {self.interval}")
         if self.segment_clusters != "auto" and not self.segment_clusters.isdigit():
             raise ConfigError(f"segment_clusters must be a number or 'auto', got {self.segment_clusters!r}")
+        if self.synchronous_commit not in ("on", "off", "local"):
+            raise ConfigError(f"synchronous_commit must be on, off or local, got {self.synchronous_commit!r}")
         if self.segment_method not in ("embedding", "tfidf"):
             raise ConfigError(f"segment_method must be embedding or tfidf, got {self.segment_method!r}")
         try:

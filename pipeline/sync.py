@@ -157,6 +157,8 @@ class Worker:
         with translate_errors():
             conn.execute("begin")
             try:
+                if self.settings.synchronous_commit != "on":  # validated: on, off or local
+                    conn.execute(f"set local synchronous_commit = {self.settings.synchronous_commit}".encode())
                 claimed = {
                     row["row_id"]: row["attempts"]
                     for row in conn.execute(query("claim"), {"source": source.name, "limit": limit})

@@ -295,3 +295,13 @@ def test_huge_document_is_refused_by_rule(conn: Any, worker: Worker) -> None:
         conn.execute("select count(*) as n from document_chunks where document_id = %s", (small,)).fetchone()["n"] == 1
     )
     assert queue(conn) == []
+
+
+def test_asynchronous_commits_still_write_every_row_once(conn: Any, embedder: Any) -> None:
+    from pipeline.config import Settings
+
+    worker = Worker(embedder=embedder, settings=Settings(synchronous_commit="off", claim_size=16))
+    insert(conn, *[(f"dor assíncrona {i}", None) for i in range(40)])
+    assert worker.drain(conn).embedded == 40
+    assert conn.execute("select count(*) as n from dores where embedding is null").fetchone()["n"] == 0
+    assert conn.execute("show synchronous_commit").fetchone()["synchronous_commit"] == "on"  # only the batches'

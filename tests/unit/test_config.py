@@ -30,6 +30,7 @@ def test_paths_and_blank_values() -> None:
         ({"PIPELINE_CLAIM_SIZE": "0"}, "claim_size must be at least 1"),
         ({"PIPELINE_INTERVAL": "-1"}, "interval must be positive"),
         ({"PIPELINE_CHUNK_OVERLAP": "0.9"}, "chunk_overlap"),
+        ({"PIPELINE_SYNCHRONOUS_COMMIT": "maybe; drop table dores"}, "synchronous_commit must be on, off or local"),
     ],
 )
 def test_bad_settings_are_one_line_errors(env: dict[str, str], message: str) -> None:
