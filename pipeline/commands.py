@@ -512,9 +512,10 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
             sources = load_sources(conn)
             if args.json:
                 _print_json([dataclasses.asdict(s) for s in sources])
-            for s in [] if args.json else sources:
-                key = f"{s.key_column} ({s.key_type})"
-                print(f"{s.name:<16} {s.kind:<8} {s.qualified:<28} key {key:<16} {s.text_expression}")
+            else:
+                for s in sources:
+                    key = f"{s.key_column} ({s.key_type})"
+                    print(f"{s.name:<16} {s.kind:<8} {s.qualified:<28} key {key:<16} {s.text_expression}")
         else:
             removed = remove_source(conn, args.name, drop_columns=args.drop_columns)
             print(

@@ -70,12 +70,16 @@ def _cached_snapshot(name: str) -> str | None:
         return None
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def download_model(name: str = DEFAULT_MODEL) -> str:
     """Fetch a hub model into the local Hugging Face cache (a no-op when it is there); return its directory."""
     cached = _cached_snapshot(name)
     if cached:
         return cached
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if _offline():
         raise ModelError(f"cannot download {name}: HF_HUB_OFFLINE is set")
     from huggingface_hub import snapshot_download
 
@@ -91,7 +95,7 @@ def download_model(name: str = DEFAULT_MODEL) -> str:
 
 def _hub_reachable(name: str) -> bool:
     """Ask the hub once, briefly, whether `name` can be downloaded."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if _offline():
         return False
     from huggingface_hub import model_info
 

@@ -79,10 +79,6 @@ where (%(sources)s::text[] is null or source = any(%(sources)s::text[])) and nex
 select source, pending, extract(epoch from oldest_pending_age)::float as oldest_pending_s, failed, other_model
 from pipeline.lag
 
--- match_dores --
-select id, dor_base, solucao_graventum, segmento, similarity
-from public.match_dores(%(embedding)s, %(k)s::int, %(segmento)s::int)
-
 -- active_centroids --
 select segmento, centroid from public.segments
 where model_id = pipeline.source_segment_model(%(source)s)
@@ -114,14 +110,6 @@ from public.segments s
 where s.model_id = pipeline.source_segment_model(%(source)s)
 order by s.centroid <=> %(embedding)s
 limit 1
-
--- match_documents --
-select id, content, metadata, similarity
-from public.match_documents(query_embedding => %(embedding)s, match_count => %(k)s::int, filter => %(filter)s::jsonb)
-
--- match_documents_hybrid --
-select id, content, metadata, similarity, score
-from public.match_documents_hybrid(%(text)s, %(embedding)s, %(k)s::int, filter => %(filter)s::jsonb)
 
 -- insert_document --
 insert into public.documents (title, content, metadata) values (%(title)s, %(content)s, %(metadata)s::jsonb)
@@ -230,3 +218,40 @@ select 'extension_in_public', e.extname, 'extension installed in schema public'
 from pg_catalog.pg_extension e
 where e.extname = 'vector' and e.extnamespace = 'public'::regnamespace and exists (select 1 from api_roles)
 order by 1, 2
+
+-- load_sources --
+select s.*,
+       coalesce((
+           select array_agg(a.attname::text order by a.attnum)
+           from pg_catalog.pg_attribute a
+           where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
+             and a.attname = any(s.metadata_columns) and a.atttypid = 'jsonb'::regtype
+       ), '{}') as jsonb_metadata
+from pipeline.sources s
+where %(names)s::text[] is null or s.name = any(%(names)s::text[])
+order by s.created_at, s.name
+
+-- table_info --
+-- A table's key column(s) and the key's type, for `source add`.
+select c.oid, n.nspname as schema, c.relname as name, c.relkind,
+       (select array_agg(a.attname::text order by k.ord)
+        from unnest(i.indkey) with ordinality k(attnum, ord)
+        join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as key_columns,
+       (select t.typname::text from pg_attribute a join pg_type t on t.oid = a.atttypid
+        where a.attrelid = c.oid and a.attnum = i.indkey[0]) as key_type
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_index i on i.indrelid = c.oid and i.indisprimary
+where c.oid = to_regclass(%(table)s)
+
+-- columns_read --
+-- The columns of a table that the temporary view over a source's text expression reads.
+select distinct a.attname::text as name
+from pg_depend d
+join pg_rewrite r on r.oid = d.objid
+join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+where r.ev_class = 'pg_temp.pipeline_source_check'::regclass and d.refobjid = %(table)s::oid and d.refobjsubid > 0
+order by 1
+
+-- last_syncs --
+select split_part(key, ':', 2) as source, updated_at from pipeline.state where starts_with(key, 'last_sync:')

@@ -23,27 +23,7 @@ COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9
 KEY_TYPES = {"int8": "bigint", "int4": "integer", "int2": "integer", "uuid": "uuid", "text": "text", "varchar": "text"}
 TRIGGER_FUNCTIONS = ("enqueue_row", "forget_row", "forget_table", "notify_queue")
 
-TABLE_INFO = """
-select c.oid, n.nspname as schema, c.relname as name, c.relkind,
-       (select array_agg(a.attname::text order by k.ord)
-        from unnest(i.indkey) with ordinality k(attnum, ord)
-        join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum) as key_columns,
-       (select t.typname::text from pg_attribute a join pg_type t on t.oid = a.atttypid
-        where a.attrelid = c.oid and a.attnum = i.indkey[0]) as key_type
-from pg_class c
-join pg_namespace n on n.oid = c.relnamespace
-left join pg_index i on i.indrelid = c.oid and i.indisprimary
-where c.oid = to_regclass(%(table)s)
-"""
 
-COLUMNS_READ = """
-select distinct a.attname::text as name
-from pg_depend d
-join pg_rewrite r on r.oid = d.objid
-join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
-where r.ev_class = 'pg_temp.pipeline_source_check'::regclass and d.refobjid = %(table)s::oid and d.refobjsubid > 0
-order by 1
-"""
 
 
 def add_source(
@@ -63,7 +43,7 @@ def add_source(
     with translate_errors(), conn.transaction():
         if conn.execute("select 1 from pipeline.sources where name = %s", (name,)).fetchone():
             raise InputError(f"a source named {name} exists already (`pipeline source list`)")
-        info = conn.execute(TABLE_INFO, {"table": table}).fetchone()
+        info = conn.execute(query("table_info"), {"table": table}).fetchone()
         if info is None or info["relkind"] not in ("r", "p"):
             raise InputError(f"--table {table}: no such table (give SCHEMA.TABLE)")
         qualified = f"{info['schema']}.{info['name']}"
@@ -156,7 +136,7 @@ def _columns_read(conn: Connection, oid: int, qualified: str, expression: str) -
                     sql.SQL(expression), table
                 )
             )
-            read = [r["name"] for r in conn.execute(COLUMNS_READ, {"table": oid})]
+            read = [r["name"] for r in conn.execute(query("columns_read"), {"table": oid})]
             conn.execute("drop view pg_temp.pipeline_source_check")
     except psycopg.Error as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -335,4 +315,10 @@ def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) ->
         queued = conn.execute("delete from pipeline.queue where source = %s", (name,)).rowcount
         failed = conn.execute("delete from pipeline.failed where source = %s", (name,)).rowcount
         conn.execute("delete from pipeline.sources where name = %s", (name,))
-    return {"source": name, "queued_dropped": queued, "failed_dropped": failed, "columns_dropped": drop_columns}
+    return {
+        "source": name,
+        "chunked": source.chunked,
+        "queued_dropped": queued,
+        "failed_dropped": failed,
+        "columns_dropped": drop_columns,
+    }

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
-from pipeline.db import Connection, translate_errors
+from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError
 
 Kind = Literal["row", "chunked"]
@@ -219,24 +219,12 @@ class Source:
         ).format(embedded=sql.SQL(embedded), chunks=chunks, table=self.table)
 
 
-SOURCES_QUERY = """
-select s.*,
-       coalesce((
-           select array_agg(a.attname::text order by a.attnum)
-           from pg_catalog.pg_attribute a
-           where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
-             and a.attname = any(s.metadata_columns) and a.atttypid = 'jsonb'::regtype
-       ), '{}') as jsonb_metadata
-from pipeline.sources s
-where %(names)s::text[] is null or s.name = any(%(names)s::text[])
-order by s.created_at, s.name
-"""
 
 
 def load_sources(conn: Connection, names: list[str] | None = None) -> list[Source]:
     """The registered sources (all of them, or those named, in that order; an unknown name is an error)."""
     with translate_errors():
-        rows = conn.execute(SOURCES_QUERY, {"names": names}).fetchall()
+        rows = conn.execute(query("load_sources"), {"names": names}).fetchall()
         if not conn.autocommit:
             conn.rollback()
     found = {row["name"]: _source(row) for row in rows}

@@ -31,10 +31,7 @@ def status(conn: Connection) -> dict[str, Any]:
                 counts = {"rows": None, "embedded": None, "chunks": None, "last_embedded_at": None}
                 warnings.append(f"source {source.name}: table {source.qualified} is gone (`pipeline source remove`)")
             tables[source.name] = {**counts, **lag[source.name]}
-    synced = {
-        row["key"].split(":", 1)[1]: row["updated_at"]
-        for row in conn.execute("select key, updated_at from pipeline.state where key like 'last\\_sync:%'")
-    }
+    synced = {row["source"]: row["updated_at"] for row in conn.execute(query("last_syncs"))}
     result = []
     for source, row in tables.items():
         times = [t for t in (row["last_embedded_at"], synced.get(source)) if t is not None]
