@@ -92,6 +92,45 @@ class SearchRequest(BaseModel):
     segmento: int | None = Field(None, ge=0, le=2**31 - 1)
 
 
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    classifier: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", description="a trained classifier")
+    text: str | None = Field(None, description="one text")
+    texts: list[str] | None = Field(None, description="several texts")
+
+
+class Scored(BaseModel):
+    text: str
+    label: str
+    probability: float
+    probabilities: dict[str, float] = Field(description="every class, most likely first")
+
+
+class ScoreResponse(BaseModel):
+    classifier: str
+    label: str | None = None
+    probability: float | None = None
+    probabilities: dict[str, float] | None = None
+    results: list[Scored] | None = Field(None, description="with `texts`: one per text, in order")
+
+
+class ScoreLeadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="the lead's message (its pain, in its words)")
+
+
+class ScoreLeadResponse(BaseModel):
+    classifier: str
+    score: float | None = Field(description="probability of the classifier's positive class")
+    positive: str | None
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    segmento: int | None = None
+    segment_label: str | None = None
+    similar_dores: list[dict[str, Any]]
+
+
 class ErrorResponse(BaseModel):
     error: str
 
@@ -322,6 +361,69 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
             )
 
         return with_connection(work)  # type: ignore[no-any-return]
+
+    @app.post(
+        "/ml/score",
+        response_model=ScoreResponse,
+        response_model_exclude_none=True,
+        dependencies=secured,
+        responses=ERRORS,
+    )
+    def ml_score(body: ScoreRequest) -> dict[str, Any]:
+        """A classifier's label and probabilities: `{"text"}` → one verdict, `{"texts"}` → `results`."""
+        from pipeline.classifiers import predict
+
+        if (body.text is None) == (body.texts is None):
+            raise ApiError(422, 'give exactly one of "text" or "texts"')
+        texts = [body.text] if body.text is not None else list(body.texts or [])
+        if any(not t.strip() for t in texts):
+            raise ApiError(422, "a text is empty")
+        vectors = embed(texts)
+        results = with_connection(lambda conn: predict(conn, body.classifier, vectors))
+        scored = [
+            {"text": t, "label": r["label"], "probability": r["probability"], "probabilities": r["probabilities"]}
+            for t, r in zip(texts, results, strict=True)
+        ]
+        if body.text is not None:
+            return {"classifier": body.classifier, **{k: v for k, v in scored[0].items() if k != "text"}}
+        return {"classifier": body.classifier, "results": scored}
+
+    @app.post("/ml/score-lead", response_model=ScoreLeadResponse, dependencies=secured, responses=ERRORS)
+    def ml_score_lead(body: ScoreLeadRequest) -> dict[str, Any]:
+        """One call for a new lead: the lead classifier's score (`PIPELINE_LEAD_CLASSIFIER`), its segment among
+        the dores' and the 3 most similar dores."""
+        from pipeline.classifiers import predict
+        from pipeline.db import query
+
+        if not body.text.strip():
+            raise ApiError(422, "text is empty")
+        vector = embed([body.text])[0]
+        name = settings.lead_classifier
+
+        def work(conn: Any) -> dict[str, Any]:
+            (verdict,) = predict(conn, name, vector[None, :])
+            segment = conn.execute(query("classify"), {"embedding": vector, "source": "dores"}).fetchone()
+            similar = conn.execute(
+                "select id, dor_base, solucao_graventum, segmento, round(similarity::numeric, 4)::float as similarity"
+                " from public.match_dores(%s, 3)",
+                (vector,),
+            ).fetchall()
+            return {"verdict": verdict, "segment": segment, "similar": similar}
+
+        found = with_connection(work)
+        verdict, segment = found["verdict"], found["segment"]
+        positive = verdict["positive"]
+        return {
+            "classifier": name,
+            "score": verdict["probabilities"].get(positive) if positive else None,
+            "positive": positive,
+            "label": verdict["label"],
+            "probability": verdict["probability"],
+            "probabilities": verdict["probabilities"],
+            "segmento": segment["segmento"] if segment else None,
+            "segment_label": segment["label"] if segment else None,
+            "similar_dores": found["similar"],
+        }
 
     @app.get("/healthz", responses={503: {"model": ErrorResponse}})
     def healthz() -> JSONResponse:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.commands import COMMANDS
+from pipeline.commands_classifiers import cmd_classifier  # noqa: F401  (registers classifier, score)
 from pipeline.config import Settings, redact
 from pipeline.errors import PipelineError
 
@@ -199,6 +200,50 @@ def build_parser() -> argparse.ArgumentParser:
     rm = actions.add_parser("remove", parents=[common], help="stop embedding a table; drop what the pipeline added")
     rm.add_argument("name")
     rm.add_argument("--drop-columns", action="store_true", help="also drop the vector columns of a row source")
+
+    p = sub.add_parser(
+        "classifier",
+        parents=[common],
+        help="train classifiers (lead score, triage) from labelled rows; list, remove, score-all",
+        description="A classifier learns a label (a column, or an SQL expression of the row) from the stored "
+        "vectors of a row source's labelled rows: logistic regression, its regularisation chosen by "
+        "cross-validation. It is kept in the database; the daemon scores every new or changed row of the source "
+        "into pipeline.predictions, and SQL callers use public.predict(name, query_embedding).",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser(
+        "train", parents=[common], help="train a new version and make it active (rescores every row)"
+    )
+    train.add_argument("name", help="the classifier's name: lowercase letters, digits and _ (e.g. lead)")
+    train.add_argument("--source", required=True, metavar="SRC", help="the row source whose rows it learns from")
+    train.add_argument("--label", required=True, help="column or SQL expression: each row's label (null: unlabelled)")
+    train.add_argument("--positive", help="the class whose probability is the score (with more labels: it vs the rest)")
+    train.add_argument("--no-score", action="store_true", help="do not score the source's rows now")
+    train.add_argument("--json", action="store_true")
+    lst = actions.add_parser("list", parents=[common], help="classifiers with their classes, metrics and lag")
+    lst.add_argument("--json", action="store_true")
+    rm = actions.add_parser("remove", parents=[common], help="drop a classifier, its versions and predictions")
+    rm.add_argument("name")
+    sa = actions.add_parser("score-all", parents=[common], help="score the rows its active version has not scored")
+    sa.add_argument("name")
+
+    p = sub.add_parser(
+        "score",
+        parents=[common],
+        help="a classifier's label and probabilities for texts (n8n): TEXT, --stdin or --csv",
+        description='`pipeline score lead "texto"` prints the label and its probability (--json: '
+        '{"text", "label", "probability", "probabilities"}). --stdin reads a text, {"text"} or {"texts"} '
+        "(--lines: one per line) and prints a JSON list. --csv F --text-col C --out G adds label and probability "
+        "columns.",
+    )
+    p.add_argument("name", help="the classifier")
+    p.add_argument("text", nargs="?", help="the text to score")
+    p.add_argument("--stdin", action="store_true", help="read the text(s) from standard input")
+    p.add_argument("--lines", action="store_true", help="with --stdin: one text per line")
+    p.add_argument("--csv", help="CSV file to score")
+    p.add_argument("--text-col", default="text", help="CSV column to score (default text)")
+    p.add_argument("--out", help="CSV file to write (default: stdout)")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -68,6 +68,8 @@ class Settings:
     """`PIPELINE_API_MAX_CHARS`: characters per text in an HTTP call."""
     api_max_body: int = 2_000_000
     """`PIPELINE_API_MAX_BODY`: bytes per HTTP request body."""
+    lead_classifier: str = "lead"
+    """`PIPELINE_LEAD_CLASSIFIER`: the classifier `/ml/score-lead` asks (its positive class is the score)."""
     log_level: str = "INFO"
     """`PIPELINE_LOG_LEVEL`."""
 

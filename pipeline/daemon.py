@@ -114,6 +114,7 @@ class Daemon:
         try:
             with connect(self.url, connect_timeout=5) as conn:
                 self.metrics.observe_lag(conn.execute(query("status_lag")).fetchall())
+                self.metrics.observe_classifiers(conn.execute(query("classifier_lag")).fetchall())
         except PipelineError as exc:
             logger.debug("lag metrics not refreshed: %s", exc)
 

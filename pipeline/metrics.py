@@ -37,6 +37,12 @@ class Metrics:
             "pipeline_oldest_pending_seconds", "Age of the oldest queued row", ["table"], registry=self.registry
         )
         self.failed_rows = Gauge("pipeline_failed_rows", "Rows in pipeline.failed", ["table"], registry=self.registry)
+        self.unscored_rows = Gauge(
+            "pipeline_unscored_rows",
+            "Embedded rows not yet scored by a classifier's active version",
+            ["classifier"],
+            registry=self.registry,
+        )
         self.batch_seconds = Histogram(
             "pipeline_batch_seconds",
             "Seconds per batch, claim to commit",
@@ -64,6 +70,10 @@ class Metrics:
             self.queue_depth.labels(row["source"]).set(row["pending"])
             self.oldest_pending.labels(row["source"]).set(row["oldest_pending_s"] or 0)
             self.failed_rows.labels(row["source"]).set(row["failed"])
+
+    def observe_classifiers(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.unscored_rows.labels(row["classifier"]).set(row["unscored"] or 0)
 
 
 def serve(

@@ -79,6 +79,9 @@ where (%(sources)s::text[] is null or source = any(%(sources)s::text[])) and nex
 select source, pending, extract(epoch from oldest_pending_age)::float as oldest_pending_s, failed, other_model
 from pipeline.lag
 
+-- classifier_lag --
+select classifier, source, version, unscored from pipeline.classifier_lag order by classifier
+
 -- active_centroids --
 select segmento, centroid from public.segments
 where model_id = pipeline.source_segment_model(%(source)s)
@@ -226,7 +229,9 @@ select s.*,
            from pg_catalog.pg_attribute a
            where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
              and a.attname = any(s.metadata_columns) and a.atttypid = 'jsonb'::regtype
-       ), '{}') as jsonb_metadata
+       ), '{}') as jsonb_metadata,
+       exists (select 1 from pipeline.classifiers c where c.source = s.name and c.active_version is not null)
+           as classified
 from pipeline.sources s
 where %(names)s::text[] is null or s.name = any(%(names)s::text[])
 order by s.created_at, s.name
@@ -255,3 +260,48 @@ order by 1
 
 -- last_syncs --
 select split_part(key, ':', 2) as source, updated_at from pipeline.state where starts_with(key, 'last_sync:')
+
+-- insert_classifier_version --
+insert into pipeline.classifier_versions (classifier, version, model, classes, counts, metrics, params, n_rows)
+select %(classifier)s, coalesce(max(version), 0) + 1, %(model)s, %(classes)s, %(counts)s, %(metrics)s, %(params)s,
+       %(n_rows)s
+from pipeline.classifier_versions where classifier = %(classifier)s
+returning version
+
+-- insert_classifier_weight --
+insert into pipeline.classifier_weights (classifier, version, position, label, weight, intercept)
+values (%(classifier)s, %(version)s, %(position)s, %(label)s, %(weight)s, %(intercept)s)
+
+-- active_classifier --
+select c.name, c.source, c.positive, c.label_expression, c.active_version, v.model, v.classes
+from pipeline.classifiers c
+join pipeline.classifier_versions v on v.classifier = c.name and v.version = c.active_version
+where c.name = %(name)s
+
+-- list_classifiers --
+select c.name, c.source, c.label_expression as label, c.positive, c.active_version as version, v.model,
+       v.classes, v.counts, v.n_rows, v.metrics, v.params ->> 'C' as c, v.trained_at,
+       (select count(*) from pipeline.classifier_versions o where o.classifier = c.name) as versions,
+       pipeline.unscored_rows(c.name) as unscored
+from pipeline.classifiers c
+left join pipeline.classifier_versions v on v.classifier = c.name and v.version = c.active_version
+order by c.name
+
+-- predict_many --
+select e.i, p.label, p.probability
+from unnest(%(embeddings)s::vector[]) with ordinality as e(embedding, i)
+cross join lateral pipeline.classifier_probabilities(%(classifier)s, %(version)s, e.embedding) p
+
+-- score_staged --
+-- The worker's batch: every active classifier of the source (trained on this model) scores the rows
+-- just written, in the batch's transaction.
+insert into pipeline.predictions as p (source, row_key, classifier, label, probability, probabilities, version)
+select c.source, s.pipeline_key, c.name, r.label, r.probability, r.probabilities, c.active_version
+from pipeline.classifiers c
+join pipeline.classifier_versions v on v.classifier = c.name and v.version = c.active_version and v.model = %(model)s
+cross join pg_temp.pipeline_staging s
+cross join lateral pipeline.classify_embedding(c.name, c.active_version, s.pipeline_embedding) r
+where c.source = %(source)s and s.pipeline_key = any(%(keys)s)
+on conflict (classifier, row_key) do update
+set label = excluded.label, probability = excluded.probability, probabilities = excluded.probabilities,
+    version = excluded.version, scored_at = now()

@@ -40,6 +40,7 @@ class Source:
     metadata_columns: tuple[str, ...] = ()
     jsonb_metadata: tuple[str, ...] = ()  # the metadata columns of type jsonb: merged, not nested
     segment_column: str | None = None
+    classified: bool = False  # it has an active classifier: the worker scores the rows it embeds
 
     @property
     def table(self) -> sql.Composable:
@@ -208,6 +209,33 @@ class Source:
             " as n_rows"
         ).format(table=self.table)
 
+    # -- classifiers (row sources) ------------------------------------------------------------------
+
+    def labelled_query(self, label: str) -> sql.Composed:
+        """Key, vector and label of every row embedded with %(model)s whose label is not null."""
+        return sql.SQL(
+            "select t.{key}::text as key, t.embedding, l.label from {table} t"
+            " cross join lateral (select ({label})::text as label) l"
+            " where t.embedding is not null and t.embedding_model = %(model)s and l.label is not null"
+            " order by t.{key}"
+        ).format(label=sql.SQL(label), **self._parts())
+
+    def score_query(self) -> sql.Composed:
+        """Score up to %(limit)s rows not yet scored by the classifier's active version."""
+        return sql.SQL(
+            "insert into pipeline.predictions (source, row_key, classifier, label, probability, probabilities, version)"
+            " select {name}, t.key, %(classifier)s, r.label, r.probability, r.probabilities, %(version)s"
+            " from (select t.{key}::text as key, t.embedding from {table} t"
+            "  where t.embedding is not null and t.embedding_model = %(model)s and not exists ("
+            "   select 1 from pipeline.predictions p"
+            "   where p.classifier = %(classifier)s and p.row_key = t.{key}::text and p.version = %(version)s)"
+            "  limit %(limit)s) t"
+            " cross join lateral pipeline.classify_embedding(%(classifier)s, %(version)s, t.embedding) r"
+            " on conflict (classifier, row_key) do update"
+            " set label = excluded.label, probability = excluded.probability,"
+            " probabilities = excluded.probabilities, version = excluded.version, scored_at = now()"
+        ).format(name=sql.Literal(self.name), **self._parts())
+
     def status_query(self) -> sql.Composed:
         embedded = "embedded_at is not null" if self.chunked else "embedding is not null"
         chunks: sql.Composable = sql.SQL("null::bigint")
@@ -217,8 +245,6 @@ class Source:
             "select count(*) as rows, count(*) filter (where {embedded}) as embedded, {chunks} as chunks,"
             " max(embedded_at) as last_embedded_at from {table}"
         ).format(embedded=sql.SQL(embedded), chunks=chunks, table=self.table)
-
-
 
 
 def load_sources(conn: Connection, names: list[str] | None = None) -> list[Source]:
@@ -254,4 +280,5 @@ def _source(row: dict[str, Any]) -> Source:
         metadata_columns=tuple(row["metadata_columns"]),
         jsonb_metadata=tuple(row["jsonb_metadata"]),
         segment_column=row["segment_column"],
+        classified=bool(row["classified"]),
     )

@@ -49,8 +49,17 @@ def status(conn: Connection) -> dict[str, Any]:
                 "last_sync": last.isoformat() if last else None,
             }
         )
+    with translate_errors():
+        scored = [dict(row) for row in conn.execute(query("classifier_lag"))]
     warnings += [str(finding) for finding in advisor(conn)]
-    return {"migrations_pending": [], "model": model, "dimension": dimension, "tables": result, "warnings": warnings}
+    return {
+        "migrations_pending": [],
+        "model": model,
+        "dimension": dimension,
+        "tables": result,
+        "classifiers": scored,
+        "warnings": warnings,
+    }
 
 
 def format_status(data: dict[str, Any]) -> str:
@@ -79,6 +88,10 @@ def format_status(data: dict[str, Any]) -> str:
             lines.append(
                 f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`"
             )
+    for row in data.get("classifiers", []):
+        lines.append(
+            f"classifier {row['classifier']} v{row['version']} on {row['source']}: {_n(row['unscored'])} rows unscored"
+        )
     lines.extend(f"warning: {warning}" for warning in data.get("warnings", []))
     return "\n".join(lines)
 

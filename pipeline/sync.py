@@ -307,7 +307,10 @@ class Worker:
                 for owner, vector in zip(batch.owners, batch.vectors, strict=True):
                     if owner not in errors:
                         copy.write_row((owner, vector, hashes[owner]))
-            return {r["key"] for r in conn.execute(source.write_query(), params)}
+            written = {r["key"] for r in conn.execute(source.write_query(), params)}
+            if written and source.classified:
+                conn.execute(query("score_staged"), {**params, "source": source.name, "keys": list(written)})
+            return written
         index, previous = 0, None
         with conn.cursor().copy(query("copy_chunks")) as copy:
             copy.set_types(["text", "int4", "text", "vector", "text"])

@@ -378,3 +378,23 @@ def test_a_source_added_on_supabase_is_closed_like_the_rest(supabase: Project, e
     assert lints(supabase.postgres_url) == [("rls_disabled_in_public", "emails")]
     with connect(supabase.postgres_url) as conn:
         assert [f.object for f in advisor(conn)] == ["public.emails"]
+
+
+def test_classifiers_are_closed_to_the_api_roles_and_open_to_the_service_role(supabase: Project, embedder: Any) -> None:
+    from pipeline import classifiers
+
+    load_sample(supabase, embedder)
+    with connect(supabase.postgres_url) as conn:
+        trained = classifiers.train(
+            conn, "urgente", source="dores", label="case when id <= 15 then 'sim' else 'não' end"
+        )
+        assert trained.scored == 30
+    vector = str(embedder.embed(["clientes faltam"])[0].tolist())
+    for role in API_ROLES:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            supabase.api.rpc("predict", {"classifier": "urgente", "query_embedding": vector}, role=role)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            supabase.api("select * from pipeline.predictions", role=role)
+    rows = supabase.api.rpc("predict", {"classifier": "urgente", "query_embedding": vector}, role="service_role")
+    assert sorted(r["label"] for r in rows) == ["não", "sim"] and abs(sum(r["probability"] for r in rows) - 1) < 1e-9
+    assert lints(supabase.postgres_url) == []

@@ -14,6 +14,7 @@ RELEASED = {
     "0006_sources.sql": "2d3d1b1f66cecb7b9ae4c347ae2f12c62ccef341055cba2c020f282d6661ab01",
     "0007_segments_per_source.sql": "0d498b36fd0a2bf4f3f2c58a096656a44405a4a5338558bb3c145642414e9940",
     "0008_dores_full_text.sql": "92a73981ecce2aa1e4d28b3c570d51d60e8a900e07bd5f4a84c6dc7917adc66d",
+    "0009_classifiers.sql": "a41be0089ac73d41090eea895e09f65168aaf73a24096d7711ea79fbf8309278",
 }
 
 
