@@ -1,6 +1,7 @@
 """HTTP API overhead: `POST /ml/embed` with one short text and with 32 texts, against the raw model call
-on the same texts in the same run. The server runs in this process (uvicorn, real sockets); requests go
-one at a time, so latency is the model plus the HTTP layer.
+on the same texts in the same run; then `POST /ml/score-lead` (classifier, segment and 3 similar dores in
+one call) beside `/ml/embed` of the same text. The server runs in this process (uvicorn, real sockets);
+requests go one at a time, so latency is the model plus the HTTP layer (plus the database for score-lead).
 
     python bench/http_api.py [--requests 200]
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import dores_texts, machine, scratch_database, table
+from bench.common import ROOT, dores_texts, machine, scratch_database, table
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -74,6 +75,7 @@ def main() -> None:
                         f"{overhead:.1f}",
                     ]
                 )
+            lead_rows = score_lead(url, embedder, http, texts[: args.requests])
         server.should_exit = True
     print(f"\nmachine: {machine()}; model {embedder.name}; {args.requests} requests per size, one at a time\n")
     print(
@@ -89,6 +91,43 @@ def main() -> None:
             rows,
         )
     )
+
+    print()
+    print(table(["one text, same texts alternated", "HTTP ms (median)", "HTTP ms (p95)", "requests/s"], lead_rows))
+
+
+def score_lead(url: str, embedder: object, http: object, texts: list[str]) -> list[list[object]]:
+    """The sample dores embedded and segmented, a `lead` classifier on them; score-lead against embed."""
+    from pipeline import classifiers
+    from pipeline.config import Settings
+    from pipeline.csvio import import_dores
+    from pipeline.db import connect
+    from pipeline.segments import fit_database
+    from pipeline.sync import Worker, record_model
+
+    with connect(url) as conn:
+        import_dores(conn, ROOT / "pipeline" / "data" / "dores_exemplo.csv")
+        record_model(conn, embedder)  # type: ignore[arg-type]
+        Worker(embedder=embedder, settings=Settings()).drain(conn)  # type: ignore[arg-type]
+        fit_database(conn, clusters=6)
+        label = "case when id % 2 = 0 then 'quente' else 'frio' end"
+        classifiers.train(conn, "lead", source="dores", label=label, positive="quente")
+    times: dict[str, list[float]] = {"/ml/embed": [], "/ml/score-lead": []}
+    for text in texts:
+        for route in times:
+            t0 = time.perf_counter()
+            response = http.post(route, json={"text": text})  # type: ignore[attr-defined]
+            times[route].append(1000 * (time.perf_counter() - t0))
+            assert response.status_code == 200, response.text
+    return [
+        [
+            f"POST {route}",
+            f"{statistics.median(v):.1f}",
+            f"{percentile(v, 0.95):.1f}",
+            f"{1000 / statistics.median(v):.0f}",
+        ]
+        for route, v in times.items()
+    ]
 
 
 if __name__ == "__main__":

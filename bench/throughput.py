@@ -3,7 +3,7 @@
 For each run: raw encode of N texts; then the daemon (model already loaded, waiting on NOTIFY) gets N rows
 in one committed INSERT and the clock runs until every row is embedded. Prints a Markdown table.
 
-    python bench/throughput.py [--rows 5000] [--runs 3] [--source leads]
+    python bench/throughput.py [--rows 5000] [--runs 3] [--source leads] [--texts assin2] [--classifier]
 
 `--source leads` runs the same texts through a registered source keyed by uuid (`pipeline source add`)
 instead of the built-in dores.
@@ -41,6 +41,9 @@ def main() -> None:
         help="assin2: ASSIN 2's short Portuguese sentences (10-20 tokens) from --evaldata, as dor_base",
     )
     parser.add_argument("--synchronous-commit", choices=["on", "off"], default="on", help="the worker's commits")
+    parser.add_argument(
+        "--classifier", action="store_true", help="with an active 3-class classifier that scores every row"
+    )
     parser.add_argument("--evaldata", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "evaldata")
     args = parser.parse_args()
 
@@ -76,6 +79,15 @@ def main() -> None:
             conn.execute("create table leads (id uuid primary key default gen_random_uuid(), dor text, solucao text)")
             add_source(conn, name="leads", table="leads", text="concat_ws(E'\\n', dor, nullif(solucao, ''))")
             target = "leads (dor, solucao)"
+        if args.classifier:  # trained on 300 rows first; the weights stay when the table is emptied
+            from pipeline import classifiers
+
+            with conn.transaction(), conn.cursor().copy(f"copy {target} from stdin") as copy:
+                for dor, solucao in pairs[:300]:
+                    copy.write_row((dor, solucao))
+            worker.drain(conn)
+            label = "(length(" + ("dor" if args.source == "leads" else "dor_base") + ") % 3)::text"
+            classifiers.train(conn, "bench", source=args.source, label=label, score=False)
         model = worker.embedder.model  # type: ignore[attr-defined]
         name = resolve_model(None).name
         model.encode(texts[:256], batch_size=settings.batch_size)  # warm-up
@@ -103,6 +115,9 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
             done = conn.execute(f"select count(*) as n from {args.source} where embedding is not null").fetchone()["n"]
             assert done == args.rows, f"only {done} of {args.rows} rows embedded"
+            if args.classifier:
+                scored = conn.execute("select count(*) as n from pipeline.predictions").fetchone()["n"]
+                assert scored == args.rows, f"only {scored} of {args.rows} rows scored"
             return elapsed
 
         # This machine's speed drifts by 10-20% over minutes: alternate which side goes first and
@@ -126,7 +141,8 @@ def main() -> None:
     raw, pipe, ratio = statistics.median(raw_times), statistics.median(pipe_times), statistics.median(ratios)
     print(
         f"\nmachine: {machine()}; model {name}; {args.rows} {args.texts} texts into source {args.source}; "
-        f"batch {settings.batch_size}, claim {settings.claim_size}, synchronous_commit {settings.synchronous_commit}; "
+        f"batch {settings.batch_size}, claim {settings.claim_size}, synchronous_commit {settings.synchronous_commit}"
+        f"{', one active classifier' if args.classifier else ''}; "
         f"median of {args.runs} runs\n"
     )
     print(

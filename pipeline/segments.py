@@ -239,7 +239,7 @@ def _read_rows(conn: Connection, source: Source) -> tuple[list[str], np.ndarray,
     texts: list[str] = []
     with conn.transaction(), conn.cursor(name="segment_read") as cursor:
         cursor.itersize = 5000
-        cursor.execute(source.segment_read_query())
+        cursor.execute(source.segment_read_query(), {})
         for i, row in enumerate(cursor):
             if i >= n:
                 break

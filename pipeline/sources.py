@@ -64,7 +64,8 @@ class Source:
             "table": self.table,
             "key": sql.Identifier(self.key_column),
             "key_type": sql.SQL(self.key_type),
-            "text": sql.SQL(self.text_expression),
+            # Executed with parameters: a `%` of the owner's SQL (`id % 2`) must reach the server as it is.
+            "text": sql.SQL(self.text_expression.replace("%", "%%")),
         }
 
     # -- the worker's statements -----------------------------------------------------------------
@@ -177,7 +178,7 @@ class Source:
     # -- segments (row sources) ---------------------------------------------------------------------
 
     def segment_read_query(self) -> sql.Composed:
-        """Key, vector and text of every embedded row, in key order."""
+        """Key, vector and text of every embedded row, in key order (execute it with parameters, `{}`)."""
         return sql.SQL(
             "select t.{key}::text as key, t.embedding, coalesce(({text})::text, '') as text"
             " from {table} t where t.embedding is not null order by t.{key}"
@@ -218,7 +219,7 @@ class Source:
             " cross join lateral (select ({label})::text as label) l"
             " where t.embedding is not null and t.embedding_model = %(model)s and l.label is not null"
             " order by t.{key}"
-        ).format(label=sql.SQL(label), **self._parts())
+        ).format(label=sql.SQL(label.replace("%", "%%")), **self._parts())
 
     def score_query(self) -> sql.Composed:
         """Score up to %(limit)s rows not yet scored by the classifier's active version."""

@@ -195,3 +195,16 @@ def test_http_score_and_score_lead(conn: Any, leads: Any, db_url: str, embedder:
         assert client.post("/ml/score", json={"classifier": "lead", "text": "x"}).status_code == 401
         empty = client.post("/ml/score", json={"classifier": "lead", "text": " "}, headers=auth)
         assert empty.status_code == 422
+
+
+def test_percent_signs_in_the_owners_sql_reach_the_server_as_written(conn: Any, worker: Worker) -> None:
+    conn.execute(LEADS)
+    conn.execute("insert into leads (mensagem, status) select 'Lead número ' || g, null from generate_series(1, 12) g")
+    add_source(conn, name="leads", table="public.leads", text="format('%s (%s%%)', mensagem, id % 7)")
+    assert worker.drain(conn).embedded == 12
+    assert conn.execute("select count(*) as n from leads where embedding is not null").fetchone()["n"] == 12
+    parity = classifiers.train(conn, "parity", source="leads", label="(id % 2)::text")
+    assert parity.counts == {"0": 6, "1": 6} and parity.scored == 12
+    from pipeline.segments import fit_database
+
+    assert fit_database(conn, source="leads", clusters=2).n_rows == 12
