@@ -6,7 +6,10 @@ nDCG@10 is compared with MTEB's published score for the model (which embeds titl
 ASSIN 2 (Portuguese STS): every sentence goes in as a dor and is embedded by the sync; the cosine of the two
 stored vectors of each pair is compared with the gold similarity (Spearman).
 
-    python bench/quality.py [--evaldata ../shared/evaldata] [--only scifact|assin2]
+    python bench/quality.py [--evaldata ../shared/evaldata] [--only scifact|assin2] [--backends torch,onnx-int8]
+
+With several backends, each runs in its own database, and the ASSIN 2 sentences' stored vectors of each
+backend are compared with the first's (mean and minimum cosine).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -83,7 +87,7 @@ def scifact(url: str, worker: object, data: Path) -> tuple[float, float, dict[st
     return sum(scores) / len(scores), time.perf_counter() - started, extra
 
 
-def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str, float]]:
+def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str, Any]]:
     from scipy.stats import spearmanr
 
     from pipeline.db import connect
@@ -104,51 +108,69 @@ def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str
         }
     cosines = [float(vectors[t] @ vectors[h]) for t, h, _ in pairs]
     rho = spearmanr(cosines, [gold for _, _, gold in pairs]).statistic
-    return float(rho), time.perf_counter() - started, {"pairs": len(pairs), "sentences": len(sentences)}
+    extra = {"pairs": len(pairs), "sentences": len(sentences), "vectors": vectors}
+    return float(rho), time.perf_counter() - started, extra
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--evaldata", type=Path, default=ROOT.parent / "shared" / "evaldata")
     parser.add_argument("--only", choices=["scifact", "assin2"])
+    parser.add_argument("--backends", default="torch", help="comma-separated: torch, onnx-int8 (default torch)")
     args = parser.parse_args()
+
+    import numpy as np
 
     from pipeline.config import Settings
     from pipeline.db import connect
+    from pipeline.embedding import parse_identity
     from pipeline.sync import prepare_worker
 
     rows = []
-    with scratch_database() as url:
-        with connect(url) as conn:
-            worker = prepare_worker(conn, Settings())
-        name = worker.embedder.name
-        published = PUBLISHED.get(name, {})
-        if args.only in (None, "assin2"):
-            rho, seconds, extra = assin2(url, worker, args.evaldata)
-            rows.append(
-                [
-                    "ASSIN 2 STS (pt), cosine Spearman",
-                    f"{rho:.4f}",
-                    published.get("assin2", "-"),
-                    f"{seconds:.0f}s",
-                    f"{extra['pairs']} pairs, {extra['sentences']} sentences synced as dores",
-                ]
-            )
-        if args.only in (None, "scifact"):
-            score, seconds, extra = scifact(url, worker, args.evaldata)
-            rows.append(
-                [
-                    "SciFact, nDCG@10",
-                    f"{score:.4f}",
-                    published.get("scifact", "-"),
-                    f"{seconds:.0f}s",
-                    f"{extra['documents']} documents, {extra['chunks']} chunks, sync {extra['sync_s']:.0f}s; "
-                    f"{extra['queries']} queries, match_documents p50 {extra['query_p50_ms']:.1f} ms, "
-                    f"p95 {extra['query_p95_ms']:.1f} ms",
-                ]
-            )
+    reference: dict[str, Any] | None = None
+    for backend in args.backends.split(","):
+        with scratch_database() as url:
+            with connect(url) as conn:
+                worker = prepare_worker(conn, Settings(backend=backend))
+            name, _ = parse_identity(worker.embedder.name)
+            published = PUBLISHED.get(name, {})
+            if args.only in (None, "assin2"):
+                rho, seconds, extra = assin2(url, worker, args.evaldata)
+                vectors = extra["vectors"]
+                agreement = ""
+                if reference is None:
+                    reference = vectors
+                else:
+                    cosines = np.asarray([float(vectors[s] @ reference[s]) for s in reference])
+                    agreement = (
+                        f"; cosine to the first backend's vectors: mean {cosines.mean():.4f}, min {cosines.min():.4f}"
+                    )
+                rows.append(
+                    [
+                        "ASSIN 2 STS (pt), cosine Spearman",
+                        backend,
+                        f"{rho:.4f}",
+                        published.get("assin2", "-"),
+                        f"{seconds:.0f}s",
+                        f"{extra['pairs']} pairs, {extra['sentences']} sentences synced as dores{agreement}",
+                    ]
+                )
+            if args.only in (None, "scifact"):
+                score, seconds, extra = scifact(url, worker, args.evaldata)
+                rows.append(
+                    [
+                        "SciFact, nDCG@10",
+                        backend,
+                        f"{score:.4f}",
+                        published.get("scifact", "-"),
+                        f"{seconds:.0f}s",
+                        f"{extra['documents']} documents, {extra['chunks']} chunks, sync {extra['sync_s']:.0f}s; "
+                        f"{extra['queries']} queries, match_documents p50 {extra['query_p50_ms']:.1f} ms, "
+                        f"p95 {extra['query_p95_ms']:.1f} ms",
+                    ]
+                )
     print(f"\nmachine: {machine()}; model {name}\n")
-    print(table(["benchmark", "pipeline", "published (MTEB)", "time", "notes"], rows))
+    print(table(["benchmark", "backend", "pipeline", "published (MTEB)", "time", "notes"], rows))
 
 
 if __name__ == "__main__":

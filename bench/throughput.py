@@ -4,6 +4,7 @@ For each run: raw encode of N texts; then the daemon (model already loaded, wait
 in one committed INSERT and the clock runs until every row is embedded. Prints a Markdown table.
 
     python bench/throughput.py [--rows 5000] [--runs 3] [--source leads] [--texts assin2] [--classifier]
+                               [--backend onnx-int8]
 
 `--source leads` runs the same texts through a registered source keyed by uuid (`pipeline source add`)
 instead of the built-in dores.
@@ -44,6 +45,12 @@ def main() -> None:
     parser.add_argument(
         "--classifier", action="store_true", help="with an active 3-class classifier that scores every row"
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx-int8"],
+        default="torch",
+        help="onnx-int8: the daemon and the raw side run that backend; raw torch encode is timed beside it",
+    )
     parser.add_argument("--evaldata", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "evaldata")
     args = parser.parse_args()
 
@@ -65,7 +72,7 @@ def main() -> None:
     else:
         pairs = dores_texts(args.rows)
     texts = [f"{d}\n{s}" if s else d for d, s in pairs]
-    settings = Settings(interval=300.0, synchronous_commit=args.synchronous_commit)
+    settings = Settings(interval=300.0, synchronous_commit=args.synchronous_commit, backend=args.backend)
     if args.batch_size:
         settings = dataclasses.replace(settings, batch_size=args.batch_size)
     with scratch_database() as url, connect(url) as conn:
@@ -88,8 +95,14 @@ def main() -> None:
             worker.drain(conn)
             label = "(length(" + ("dor" if args.source == "leads" else "dor_base") + ") % 3)::text"
             classifiers.train(conn, "bench", source=args.source, label=label, score=False)
-        model = worker.embedder.model  # type: ignore[attr-defined]
-        name = resolve_model(None).name
+        name = worker.embedder.name
+        if args.backend == "torch":
+            model = worker.embedder.model  # type: ignore[attr-defined]
+        else:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(resolve_model(None).source, device="cpu")
+            worker.embedder.embed(texts[:256])  # warm-up
         model.encode(texts[:256], batch_size=settings.batch_size)  # warm-up
 
         daemon = Daemon(settings=settings, url=url, worker=worker)
@@ -97,9 +110,17 @@ def main() -> None:
         thread.start()
         time.sleep(1.0)
 
-        def raw_run() -> float:
+        def torch_run() -> float:
             t0 = time.perf_counter()
             model.encode(texts, batch_size=settings.batch_size, normalize_embeddings=True)
+            return time.perf_counter() - t0
+
+        def raw_run() -> float:
+            if args.backend == "torch":
+                return torch_run()
+            torch_times.append(torch_run())
+            t0 = time.perf_counter()
+            worker.embedder.embed(texts)
             return time.perf_counter() - t0
 
         def pipeline_run() -> float:
@@ -122,7 +143,7 @@ def main() -> None:
 
         # This machine's speed drifts by 10-20% over minutes: alternate which side goes first and
         # compare each pipeline run with the raw run beside it.
-        raw_times, pipe_times, ratios = [], [], []
+        raw_times, pipe_times, ratios, torch_times = [], [], [], []
         for run in range(args.runs):
             if run % 2 == 0:
                 raw_times.append(raw_run())
@@ -139,6 +160,19 @@ def main() -> None:
         thread.join(10)
 
     raw, pipe, ratio = statistics.median(raw_times), statistics.median(pipe_times), statistics.median(ratios)
+    raw_name = "raw SentenceTransformer.encode" if args.backend == "torch" else f"raw {args.backend} embed"
+    extra = []
+    if torch_times:
+        speedups = [t / r for t, r in zip(torch_times, raw_times, strict=True)]
+        torch_s = statistics.median(torch_times)
+        extra = [
+            ["raw SentenceTransformer.encode (torch fp32)", f"{torch_s:.2f}", f"{args.rows / torch_s:.0f}"],
+            [
+                f"speed-up of {args.backend} over torch (median of per-run ratios)",
+                f"{statistics.median(speedups):.2f}",
+                "",
+            ],
+        ]
     print(
         f"\nmachine: {machine()}; model {name}; {args.rows} {args.texts} texts into source {args.source}; "
         f"batch {settings.batch_size}, claim {settings.claim_size}, synchronous_commit {settings.synchronous_commit}"
@@ -149,7 +183,8 @@ def main() -> None:
         table(
             ["what", "seconds", "rows/s"],
             [
-                ["raw SentenceTransformer.encode", f"{raw:.2f}", f"{args.rows / raw:.0f}"],
+                *extra,
+                [raw_name, f"{raw:.2f}", f"{args.rows / raw:.0f}"],
                 ["daemon: commit to all embedded", f"{pipe:.2f}", f"{args.rows / pipe:.0f}"],
                 ["ratio (raw / pipeline, median of per-run ratios)", f"{ratio:.3f}", ""],
                 ["model load (separate)", f"{load_s:.2f}", ""],

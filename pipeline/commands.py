@@ -133,22 +133,23 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.embedding import load_embedder
     from pipeline.sync import switch_model
 
-    if not settings.model:
-        raise InputError("reembed needs the new model: pipeline reembed --model NAME_OR_DIRECTORY")
+    if not settings.model and not settings.backend:
+        raise InputError("reembed needs the new model or backend: pipeline reembed --model NAME [--backend onnx-int8]")
     from pipeline.embedding import resolve_model
     from pipeline.sync import recorded_model
 
     with _connection(settings) as conn:
         recorded, _ = recorded_model(conn)
-    if not args.force and recorded is not None and resolve_model(settings.model, recorded).name == recorded:
+    resolved = resolve_model(settings.model, recorded, backend=settings.backend)
+    if not args.force and recorded is not None and resolved.identity == recorded:
         print(f"the database is already embedded with {recorded}: nothing to do (--force re-embeds every row)")
         return 0
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, resolved)
     with _connection(settings) as conn:
         switch_model(conn, embedder)
     print(f"model switched to {embedder.name} ({embedder.dimension} dims); re-embedding every row")
     args.source, args.rebuild = None, True
-    return cmd_backfill(args, dataclasses.replace(settings, model=embedder.name), embedder)
+    return cmd_backfill(args, dataclasses.replace(settings, model=resolved.name, backend=resolved.backend), embedder)
 
 
 @command("run")

@@ -68,6 +68,8 @@ class Settings:
     """`PIPELINE_API_MAX_CHARS`: characters per text in an HTTP call."""
     api_max_body: int = 2_000_000
     """`PIPELINE_API_MAX_BODY`: bytes per HTTP request body."""
+    backend: str | None = None
+    """`PIPELINE_BACKEND`: `torch` or `onnx-int8` (default: as recorded in the database, else torch)."""
     lead_classifier: str = "lead"
     """`PIPELINE_LEAD_CLASSIFIER`: the classifier `/ml/score-lead` asks (its positive class is the score)."""
     log_level: str = "INFO"
@@ -102,6 +104,8 @@ class Settings:
             raise ConfigError(f"segment_clusters must be a number or 'auto', got {self.segment_clusters!r}")
         if self.synchronous_commit not in ("on", "off", "local"):
             raise ConfigError(f"synchronous_commit must be on, off or local, got {self.synchronous_commit!r}")
+        if self.backend not in (None, "torch", "onnx-int8"):
+            raise ConfigError(f"backend must be torch or onnx-int8, got {self.backend!r}")
         if self.segment_method not in ("embedding", "tfidf"):
             raise ConfigError(f"segment_method must be embedding or tfidf, got {self.segment_method!r}")
         try:

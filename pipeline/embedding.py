@@ -42,12 +42,35 @@ class Embedder(Protocol):
         ...
 
 
+BACKENDS = ("torch", "onnx-int8")
+
+
 @dataclasses.dataclass(frozen=True)
 class ResolvedModel:
     name: str
-    """What is recorded in the database: a hub name, or an absolute local path."""
+    """The model: a hub name, or an absolute local path."""
     source: str
     """What `SentenceTransformer` loads: a local directory or a hub name to download."""
+    backend: str = "torch"
+    """What runs it: `torch` (float32 on CPU) or `onnx-int8` (docs/benchmarks.md)."""
+
+    @property
+    def identity(self) -> str:
+        """What is recorded in the database and beside every vector: vectors of another model or backend
+        are never mixed with these silently."""
+        return identity(self.name, self.backend)
+
+
+def identity(name: str, backend: str = "torch") -> str:
+    return name if backend == "torch" else f"{name}@{backend}"
+
+
+def parse_identity(recorded: str) -> tuple[str, str]:
+    """`name@backend` (or a plain name: torch) back into its parts."""
+    name, _, backend = recorded.rpartition("@")
+    if name and backend in BACKENDS:
+        return name, backend
+    return recorded, "torch"
 
 
 def bundled_model_path() -> Path | None:
@@ -107,12 +130,23 @@ def _hub_reachable(name: str) -> bool:
     return True
 
 
-def resolve_model(requested: str | None, recorded: str | None = None) -> ResolvedModel:
-    """Flag/env > model recorded in the database > the multilingual default > the bundled MiniLM-L6.
+def resolve_model(requested: str | None, recorded: str | None = None, *, backend: str | None = None) -> ResolvedModel:
+    """Flag/env > model recorded in the database > the multilingual default > the bundled MiniLM-L6; the
+    backend: `backend` > the recorded one > torch. `recorded` is the database's identity (`name@backend`).
 
     Never waits on the network: the local cache is looked at first, and the hub is asked at most once
     with a short timeout.
     """
+    recorded_backend = "torch"
+    if recorded:
+        recorded, recorded_backend = parse_identity(recorded)
+    chosen = backend or recorded_backend
+    if chosen not in BACKENDS:
+        raise ModelError(f"unknown backend {chosen!r}: use {' or '.join(BACKENDS)}")
+    return dataclasses.replace(_resolve_name(requested, recorded), backend=chosen)
+
+
+def _resolve_name(requested: str | None, recorded: str | None) -> ResolvedModel:
     explicit = requested or recorded
     name = explicit or DEFAULT_MODEL
     bundled = bundled_model_path()
@@ -147,46 +181,16 @@ def resolve_model(requested: str | None, recorded: str | None = None) -> Resolve
     )
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model, loaded once; batches and normalises in one place."""
+class BatchedEmbedder:
+    """What every backend shares: identical texts embedded once, batches of similar token counts."""
 
-    def __init__(
-        self,
-        *,
-        model: ResolvedModel,
-        device: str | None = None,
-        batch_size: int = 32,
-        max_chars: int = 100_000,
-        threads: int | None = None,
-    ) -> None:
-        started = time.perf_counter()
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        try:
-            from sentence_transformers import SentenceTransformer
-
-            self.model: Any = SentenceTransformer(model.source, device=device)
-        except Exception as exc:
-            raise ModelError(f"could not load model {model.name}: {exc}") from exc
-        self.load_seconds = time.perf_counter() - started
-        self.name = model.name
-        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimension = int(getter())
-        self.max_tokens = int(self.model.max_seq_length)
-        self.batch_size = batch_size
-        self.max_chars = max_chars
-        # Test hook: a text containing this marker raises, as a poison row would (see docs/operations.md).
-        self.poison_marker = os.environ.get("PIPELINE_TEST_POISON") or None
-        logger.info(
-            "model %s loaded in %.1fs (%d dims, %d tokens, device %s)",
-            self.name,
-            self.load_seconds,
-            self.dimension,
-            self.max_tokens,
-            self.model.device,
-        )
+    name: str
+    dimension: int
+    max_tokens: int
+    batch_size: int
+    max_chars: int
+    poison_marker: str | None
+    tokenizer: Any
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if not texts:
@@ -199,15 +203,13 @@ class SentenceTransformerEmbedder:
         distinct = list(unique)
         vectors = np.empty((len(distinct), self.dimension), dtype=np.float32)
         for batch in self._batches(distinct):
-            vectors[batch] = self.model.encode(
-                [distinct[i] for i in batch],
-                batch_size=len(batch),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            vectors[batch] = self._encode([distinct[i] for i in batch])
         result: NDArray[np.float32] = vectors[positions]
         return result
+
+    def _encode(self, texts: list[str]) -> NDArray[np.float32]:
+        """Unit vectors of one batch."""
+        raise NotImplementedError
 
     def _batches(self, texts: Sequence[str]) -> list[list[int]]:
         """Positions of `texts` in model batches of similar token counts, longest first.
@@ -230,15 +232,93 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+
+class SentenceTransformerEmbedder(BatchedEmbedder):
+    """A sentence-transformers model on torch, loaded once. On a GPU (`cuda`) it runs under fp16 autocast."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        *,
+        model: ResolvedModel,
+        device: str | None = None,
+        batch_size: int = 32,
+        max_chars: int = 100_000,
+        threads: int | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            self.model: Any = SentenceTransformer(model.source, device=device)
+        except Exception as exc:
+            raise ModelError(f"could not load model {model.name}: {exc}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.name = model.identity
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(getter())
+        self.max_tokens = int(self.model.max_seq_length)
+        self.batch_size = batch_size
+        self.max_chars = max_chars
+        self.cuda = str(self.model.device).startswith("cuda")
+        # Test hook: a text containing this marker raises, as a poison row would (see docs/operations.md).
+        self.poison_marker = os.environ.get("PIPELINE_TEST_POISON") or None
+        logger.info(
+            "model %s loaded in %.1fs (%d dims, %d tokens, device %s%s)",
+            self.name,
+            self.load_seconds,
+            self.dimension,
+            self.max_tokens,
+            self.model.device,
+            ", fp16 autocast" if self.cuda else "",
+        )
+
+    def _encode(self, texts: list[str]) -> NDArray[np.float32]:
+        import contextlib
+
+        autocast: Any = contextlib.nullcontext()
+        if self.cuda:
+            import torch
+
+            autocast = torch.autocast("cuda", dtype=torch.float16)
+        with autocast:
+            vectors = self.model.encode(
+                texts,
+                batch_size=len(texts),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Any:  # type: ignore[override]
         return self.model.tokenizer
 
 
-def load_embedder(settings: Settings, model: ResolvedModel | None = None) -> SentenceTransformerEmbedder:
-    """Load `model` (default: `settings.model` resolved) with the settings' device, batching and threads."""
+def load_embedder(settings: Settings, model: ResolvedModel | None = None) -> BatchedEmbedder:
+    """Load `model` (default: `settings.model` with `settings.backend`, resolved) with the settings' device,
+    batching and threads, on its backend."""
+    model = model or resolve_model(settings.model, backend=settings.backend or "torch")
+    if model.backend == "onnx-int8":
+        from pipeline.onnx_backend import OnnxEmbedder
+
+        if settings.device not in (None, "cpu"):
+            raise ModelError(f"the onnx-int8 backend runs on the CPU; --device {settings.device} needs --backend torch")
+        return OnnxEmbedder(
+            model=model,
+            cache_dir=settings.data_dir / "models",
+            batch_size=settings.batch_size,
+            max_chars=settings.max_chars,
+            threads=settings.threads,
+        )
     return SentenceTransformerEmbedder(
-        model=model or resolve_model(settings.model),
+        model=model,
         device=settings.device,
         batch_size=settings.batch_size,
         max_chars=settings.max_chars,

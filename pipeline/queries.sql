@@ -294,14 +294,32 @@ cross join lateral pipeline.classifier_probabilities(%(classifier)s, %(version)s
 
 -- score_staged --
 -- The worker's batch: every active classifier of the source (trained on this model) scores the rows
--- just written, in the batch's transaction.
+-- just written, in the batch's transaction. Set-based (no function call per row): logits, then softmax
+-- per row and classifier; the staged vectors are unit length already.
+with weights as (
+    select c.source, c.name, c.active_version, w.position, w.label, w.weight, w.intercept
+    from pipeline.classifiers c
+    join pipeline.classifier_versions v on v.classifier = c.name and v.version = c.active_version and v.model = %(model)s
+    join pipeline.classifier_weights w on w.classifier = c.name and w.version = c.active_version
+    where c.source = %(source)s
+),
+logits as (
+    select s.pipeline_key as row_key, w.source, w.name, w.active_version, w.position, w.label,
+           w.intercept - (w.weight <#> s.pipeline_embedding) as logit
+    from pg_temp.pipeline_staging s cross join weights w
+    where s.pipeline_key = any(%(keys)s)
+),
+shifted as (
+    select l.*, exp(l.logit - max(l.logit) over (partition by l.row_key, l.name)) as e from logits l
+),
+probabilities as (
+    select x.*, x.e / sum(x.e) over (partition by x.row_key, x.name) as probability from shifted x
+)
 insert into pipeline.predictions as p (source, row_key, classifier, label, probability, probabilities, version)
-select c.source, s.pipeline_key, c.name, r.label, r.probability, r.probabilities, c.active_version
-from pipeline.classifiers c
-join pipeline.classifier_versions v on v.classifier = c.name and v.version = c.active_version and v.model = %(model)s
-cross join pg_temp.pipeline_staging s
-cross join lateral pipeline.classify_embedding(c.name, c.active_version, s.pipeline_embedding) r
-where c.source = %(source)s and s.pipeline_key = any(%(keys)s)
+select min(source), row_key, name, (array_agg(label order by probability desc, position))[1], max(probability),
+       jsonb_object_agg(label, round(probability::numeric, 6)), min(active_version)
+from probabilities
+group by row_key, name
 on conflict (classifier, row_key) do update
 set label = excluded.label, probability = excluded.probability, probabilities = excluded.probabilities,
     version = excluded.version, scored_at = now()

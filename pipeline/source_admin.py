@@ -24,8 +24,6 @@ KEY_TYPES = {"int8": "bigint", "int4": "integer", "int2": "integer", "uuid": "uu
 TRIGGER_FUNCTIONS = ("enqueue_row", "forget_row", "forget_table", "notify_queue")
 
 
-
-
 def add_source(
     conn: Connection,
     *,

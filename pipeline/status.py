@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from pipeline.db import Connection, query, translate_errors
+from pipeline.embedding import parse_identity
 from pipeline.migrations import pending
 from pipeline.security import advisor
 from pipeline.sources import load_sources
@@ -18,7 +19,8 @@ def status(conn: Connection) -> dict[str, Any]:
     missing = pending(conn)
     if missing:
         return {"migrations_pending": missing, "model": None, "tables": []}
-    model, dimension = recorded_model(conn)
+    recorded, dimension = recorded_model(conn)
+    model, backend = parse_identity(recorded) if recorded else (None, None)
     warnings: list[str] = []
     with translate_errors():
         lag = {row["source"]: row for row in conn.execute(query("status_lag"))}
@@ -55,6 +57,7 @@ def status(conn: Connection) -> dict[str, Any]:
     return {
         "migrations_pending": [],
         "model": model,
+        "backend": backend,
         "dimension": dimension,
         "tables": result,
         "classifiers": scored,
@@ -68,7 +71,7 @@ def format_status(data: dict[str, Any]) -> str:
         return f"schema not up to date: run `pipeline migrate` ({', '.join(data['migrations_pending'])})"
     lines = [
         f"model: {data['model'] or '(none yet: run pipeline sync)'}"
-        + (f" ({data['dimension']} dims)" if data["model"] else "")
+        + (f" ({data['dimension']} dims, backend {data['backend']})" if data["model"] else "")
     ]
     width = max([10, *(len(row["table"]) + 1 for row in data["tables"])])
     header = (

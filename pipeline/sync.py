@@ -75,12 +75,22 @@ def recorded_model(conn: Connection) -> tuple[str | None, int | None]:
 
 
 def check_model(conn: Connection, name: str) -> None:
-    """Refuse a model other than the one the database was embedded with."""
+    """Refuse a model (or backend: `name@backend`) other than the one the database was embedded with."""
+    from pipeline.embedding import parse_identity
+
     recorded, _ = recorded_model(conn)
     if recorded is not None and recorded != name:
+        model, backend = parse_identity(name)
+        old_model, old_backend = parse_identity(recorded)
+        if model == old_model:
+            raise ModelMismatchError(
+                f"this database is embedded with {model} on the {old_backend} backend but {backend} is configured; "
+                f"run `pipeline reembed --backend {backend}` to switch, or unset PIPELINE_BACKEND to keep {old_backend}"
+            )
+        switch = f"--model {model}" + (f" --backend {backend}" if backend != "torch" else "")
         raise ModelMismatchError(
             f"this database is embedded with {recorded} but {name} is configured; "
-            f"run `pipeline reembed --model {name}` to switch, or unset PIPELINE_MODEL to keep {recorded}"
+            f"run `pipeline reembed {switch}` to switch, or unset PIPELINE_MODEL to keep {recorded}"
         )
 
 
@@ -497,8 +507,8 @@ def database_model(conn: Connection, settings: Settings, *, require_recorded: bo
     recorded, _ = recorded_model(conn)
     if require_recorded and recorded is None:
         raise PipelineError("nothing is embedded yet: run `pipeline sync` first")
-    resolved = resolve_model(settings.model, recorded)
-    check_model(conn, resolved.name)
+    resolved = resolve_model(settings.model, recorded, backend=settings.backend)
+    check_model(conn, resolved.identity)
     return resolved
 
 
