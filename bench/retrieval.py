@@ -4,7 +4,7 @@ Vectors are synthetic but shaped like sentence embeddings: unit vectors scattere
 centres. Recall@10 of the HNSW index (m 16, ef_construction 64) is measured against an exact scan for
 several `hnsw.ef_search` values, with the latency of the SQL call (median and p95).
 
-    python bench/retrieval.py [--rows 100000] [--queries 200]
+    python bench/retrieval.py [--rows 100000] [--queries 200] [--m 16] [--ef-construction 64] [--vectors scifact]
 """
 
 from __future__ import annotations
@@ -30,16 +30,43 @@ def vectors(n: int, topics: int, seed: int) -> np.ndarray:
     return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
+def scifact_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SciFact's 5,183 abstracts (title + text) and 1,109 queries, embedded with the onnx-int8 backend."""
+    import json
+
+    from pipeline.config import Settings
+    from pipeline.embedding import load_embedder
+
+    embedder = load_embedder(Settings(backend="onnx-int8"))
+    docs = [json.loads(line) for line in (folder / "corpus.jsonl").open(encoding="utf-8")]
+    queries = [json.loads(line)["text"] for line in (folder / "queries.jsonl").open(encoding="utf-8")]
+    corpus = embedder.embed([f"{d['title']}\n\n{d['text']}" for d in docs])
+    return corpus, embedder.embed(queries)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--m", type=int, default=16, help="HNSW m (default 16, the schema's)")
+    parser.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction (default 64)")
+    parser.add_argument(
+        "--vectors",
+        choices=["synthetic", "scifact"],
+        default="synthetic",
+        help="scifact: real vectors, SciFact's abstracts (first 256 tokens) and its queries, embedded by onnx-int8",
+    )
+    parser.add_argument("--evaldata", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "evaldata")
     args = parser.parse_args()
 
     from pipeline.db import connect
 
-    data = vectors(args.rows + args.queries, topics=2000, seed=3)
-    corpus, queries = data[: args.rows], data[args.rows :]
+    if args.vectors == "scifact":
+        corpus, queries = scifact_vectors(args.evaldata / "scifact")
+        args.rows, args.queries = len(corpus), len(queries)
+    else:
+        data = vectors(args.rows + args.queries, topics=2000, seed=3)
+        corpus, queries = data[: args.rows], data[args.rows :]
     rows = []
     with scratch_database() as url, connect(url) as conn:
         conn.execute("drop index document_chunks_embedding_idx")
@@ -59,7 +86,7 @@ def main() -> None:
         conn.execute("set maintenance_work_mem = '1GB'")
         conn.execute(
             "create index document_chunks_embedding_idx on document_chunks "
-            "using hnsw (embedding vector_cosine_ops) with (m = 16, ef_construction = 64)"
+            f"using hnsw (embedding vector_cosine_ops) with (m = {args.m}, ef_construction = {args.ef_construction})"
         )
         build_s = time.perf_counter() - started
         conn.execute("analyze document_chunks")
@@ -106,7 +133,10 @@ def main() -> None:
                 f"{latencies[int(len(latencies) * 0.95)]:.2f}",
             ]
         )
-    print(f"\nmachine: {machine()}; {args.rows} chunks, {args.queries} queries; HNSW build {build_s:.0f}s\n")
+    print(
+        f"\nmachine: {machine()}; {args.rows} {args.vectors} vectors, {args.queries} queries; HNSW m {args.m}, "
+        f"ef_construction {args.ef_construction}, build {build_s:.0f}s\n"
+    )
     print(table(["hnsw.ef_search", "recall@10", "median ms", "p95 ms"], rows))
 
 
