@@ -3,7 +3,7 @@
 The rows are loaded with COPY and taken off the queue, as if they predated the pipeline; then
 `pipeline backfill --table dores` runs as a subprocess and its resident memory is sampled every 0.5 s.
 
-    python bench/backfill_memory.py [--rows 50000]
+    python bench/backfill_memory.py [--rows 50000] [--backend onnx-int8]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bench.common import ROOT, dores_texts, machine, scratch_database, table
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--backend", choices=["torch", "onnx-int8"], default="torch")
     args = parser.parse_args()
 
     import psutil
@@ -36,7 +37,7 @@ def main() -> None:
                 for dor, solucao in dores_texts(args.rows):
                     copy.write_row((dor, solucao))
             conn.execute("delete from pipeline.queue")
-        env = {**os.environ, "DATABASE_URL": url, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "DATABASE_URL": url, "HF_HUB_OFFLINE": "1", "PIPELINE_BACKEND": args.backend}
         started = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "backfill", "--table", "dores", "--json"],
@@ -65,7 +66,7 @@ def main() -> None:
         at = min(samples, key=lambda s: abs(s[0] - share * elapsed))
         marks.append([f"{share:.0%} of the run ({at[0]:.0f}s)", f"{at[1]:.0f}"])
     rate = args.rows / elapsed
-    print(f"\nmachine: {machine()}; {args.rows} dores; backfill took {elapsed:.0f}s ({rate:.0f} rows/s)\n")
+    print(f"\nmachine: {machine()}; backend {args.backend}; {args.rows} dores; backfill took {elapsed:.0f}s ({rate:.0f} rows/s)\n")
     print(table(["moment", "RSS MiB"], [*marks, ["peak", f"{peak:.0f}"]]))
 
 

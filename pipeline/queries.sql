@@ -323,3 +323,19 @@ group by row_key, name
 on conflict (classifier, row_key) do update
 set label = excluded.label, probability = excluded.probability, probabilities = excluded.probabilities,
     version = excluded.version, scored_at = now()
+
+-- vector_indexes --
+-- The HNSW and IVFFlat indexes of a table, as schema-qualified names with their definitions.
+select format('%%I.%%I', n.nspname, c.relname) as name, pg_get_indexdef(i.indexrelid) as definition
+from pg_index i
+join pg_class c on c.oid = i.indexrelid
+join pg_namespace n on n.oid = c.relnamespace
+join pg_am am on am.oid = c.relam
+where i.indrelid = to_regclass(%(table)s) and am.amname in ('hnsw', 'ivfflat')
+
+-- keep_index_definition --
+insert into pipeline.state (key, value) values (%(key)s, %(value)s)
+on conflict (key) do update set value = excluded.value, updated_at = now()
+
+-- kept_index_definitions --
+select key, value from pipeline.state where starts_with(key, 'index:') order by key

@@ -53,6 +53,11 @@ def status(conn: Connection) -> dict[str, Any]:
         )
     with translate_errors():
         scored = [dict(row) for row in conn.execute(query("classifier_lag"))]
+    warnings += [
+        f"vector index {row['key'].removeprefix('index:')} is being rebuilt after a first segment fit, or its "
+        "rebuild was interrupted (the next `pipeline segment` builds it)"
+        for row in conn.execute(query("kept_index_definitions"))
+    ]
     warnings += [str(finding) for finding in advisor(conn)]
     return {
         "migrations_pending": [],

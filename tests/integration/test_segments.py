@@ -152,3 +152,28 @@ def test_daemon_fits_when_enough_rows_and_refits_on_growth(conn: Any, db_url: st
     daemon.growth_job()  # 48 >= 40 × 1.2
     assert [r["n_rows"] for r in conn.execute("select n_rows from pipeline.segment_models order by id")] == [40, 48]
     assert conn.execute("select count(*) as n from dores where segmento is null").fetchone()["n"] == 0
+
+
+def test_a_first_fit_over_a_big_table_rebuilds_the_vector_index_after(
+    conn: Any, sample: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import segments
+    from pipeline.status import status
+
+    monkeypatch.setattr(segments, "DEFER_INDEX_FROM", 10)  # the sample is small; the path is the big tables'
+    definition = "select pg_get_indexdef('public.dores_embedding_idx'::regclass) as d"
+    before = conn.execute(definition).fetchone()["d"]
+    result = fit_database(conn, clusters=6)
+    assert result.changed == result.n_rows
+    assert conn.execute(definition).fetchone()["d"] == before
+    valid = "select indisvalid as ok from pg_index where indexrelid = 'public.dores_embedding_idx'::regclass"
+    assert conn.execute(valid).fetchone()["ok"]
+    assert conn.execute("select count(*) as n from pipeline.state where key like 'index:%%'").fetchone()["n"] == 0
+
+    # Interrupted after the drop: status says so, and the next fit builds it again.
+    conn.execute("insert into pipeline.state (key, value) values ('index:public.dores_embedding_idx', %s)", (before,))
+    conn.execute("drop index public.dores_embedding_idx")
+    assert any("dores_embedding_idx is being rebuilt" in w for w in status(conn)["warnings"])
+    fit_database(conn, clusters=6)
+    assert conn.execute(definition).fetchone()["d"] == before
+    assert not any("being rebuilt" in w for w in status(conn)["warnings"])
