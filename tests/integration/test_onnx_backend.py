@@ -72,3 +72,47 @@ def test_the_backend_is_part_of_the_model_identity(conn: Any, onnx: Any, embedde
     assert resolve_model(None, onnx.name).backend == "onnx-int8"
     with pytest.raises(ModelMismatchError, match="on the onnx-int8 backend but torch is configured"):
         prepare_worker(conn, Settings(data_dir=models_dir, backend="torch"))
+
+
+def test_reembed_embed_search_and_status_with_the_onnx_backend(db_url: str, onnx: Any, models_dir: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from pipeline.db import connect
+    from tests.conftest import ROOT, cli_env, run_cli
+
+    data = {"PIPELINE_DATA_DIR": str(models_dir)}  # the cache built above
+    with connect(db_url) as conn:
+        conn.execute(
+            "insert into dores (dor_base) values ('Pacientes faltam às consultas'), ('O estoque nunca bate'),"
+            " ('Caminhões rodam vazios')"
+        )
+    assert run_cli("sync", db_url=db_url, **data).returncode == 0
+    refused = run_cli("search", "estoque", "--backend", "onnx-int8", db_url=db_url, **data)
+    assert refused.returncode == 1 and "reembed --backend onnx-int8" in refused.stderr
+    switched = run_cli("reembed", "--backend", "onnx-int8", "--json", db_url=db_url, **data)
+    assert switched.returncode == 0, switched.stderr
+    assert json.loads(switched.stdout.splitlines()[-1])["embedded"] == 3
+    status = json.loads(run_cli("status", "--json", db_url=db_url, **data).stdout)
+    assert status["model"] == BUNDLED_MODEL and status["backend"] == "onnx-int8"
+    found = run_cli("search", "mercadoria em falta na prateleira", "-k", "1", "--json", db_url=db_url, **data)
+    assert found.returncode == 0, found.stderr
+    assert "estoque" in json.loads(found.stdout)[0]["dor_base"]
+    with connect(db_url) as conn:
+        models = {r["embedding_model"] for r in conn.execute("select embedding_model from dores")}
+    assert models == {onnx.name}
+    embedded = subprocess.run(
+        [sys.executable, "-m", "pipeline", "embed", "--stdin", "--backend", "onnx-int8"],
+        input="Pacientes faltam às consultas",
+        env=cli_env(db_url, **data),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert embedded.returncode == 0, embedded.stderr
+    vector = np.asarray(json.loads(embedded.stdout)[0]["embedding"])
+    assert float(vector @ onnx.embed(["Pacientes faltam às consultas"])[0]) > 0.9999
+    back = run_cli("reembed", "--backend", "torch", db_url=db_url, **data)
+    assert back.returncode == 0 and json.loads(run_cli("status", "--json", db_url=db_url).stdout)["backend"] == "torch"
