@@ -66,7 +66,10 @@ def main() -> None:
         at = min(samples, key=lambda s: abs(s[0] - share * elapsed))
         marks.append([f"{share:.0%} of the run ({at[0]:.0f}s)", f"{at[1]:.0f}"])
     rate = args.rows / elapsed
-    print(f"\nmachine: {machine()}; backend {args.backend}; {args.rows} dores; backfill took {elapsed:.0f}s ({rate:.0f} rows/s)\n")
+    print(
+        f"\nmachine: {machine()}; backend {args.backend}; {args.rows} dores; "
+        f"backfill took {elapsed:.0f}s ({rate:.0f} rows/s)\n"
+    )
     print(table(["moment", "RSS MiB"], [*marks, ["peak", f"{peak:.0f}"]]))
 
 
