@@ -106,6 +106,7 @@ def _print_report(args: argparse.Namespace, report: Any, what: str) -> int:
 
 @command("backfill")
 def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = None) -> int:
+    from pipeline.indexes import defer_for_backfill, restore_vector_indexes
     from pipeline.progress import Progress
     from pipeline.sync import Worker, count_ready, prepare_worker, queue_stale
 
@@ -116,15 +117,19 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = N
         queued = queue_stale(conn, sources=sources, model=worker.embedder.name, rebuild=args.rebuild)
         total = count_ready(conn, sources)
         logger.info("backfill: %d rows newly queued, %d ready to process", queued, total)
+        restore_vector_indexes(conn)  # set aside by an earlier backfill or fit that was interrupted
+        deferred = defer_for_backfill(conn, sources, threshold=settings.bulk_index_from)
         progress = Progress(total, "backfill")
         try:
             report = worker.drain(conn, sources, spare=spare, on_batch=progress)
         except KeyboardInterrupt:
-            progress.close()
             left = count_ready(conn, sources)
             print(f"interrupted: {left} rows still queued; run the same command again to continue", file=sys.stderr)
             return 130
-        progress.close()
+        finally:
+            progress.close()
+            if deferred:
+                restore_vector_indexes(conn, deferred)
     return _print_report(args, report, "backfill")
 
 

@@ -68,6 +68,9 @@ class Settings:
     """`PIPELINE_API_MAX_CHARS`: characters per text in an HTTP call."""
     api_max_body: int = 2_000_000
     """`PIPELINE_API_MAX_BODY`: bytes per HTTP request body."""
+    bulk_index_from: int = 50_000
+    """`PIPELINE_BULK_INDEX_FROM`: a backfill with this many rows queued for a source that has almost nothing
+    embedded sets its vector index aside and builds it after the write (0: never)."""
     backend: str | None = None
     """`PIPELINE_BACKEND`: `torch` or `onnx-int8` (default: as recorded in the database, else torch)."""
     lead_classifier: str = "lead"

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError, PipelineError
+from pipeline.indexes import defer_vector_indexes, restore_vector_indexes
 from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ def fit_database(
             SegmentInfo(renumber[c], label_from_terms(terms[renumber[c]]), terms[renumber[c]], int((labels == c).sum()))
             for c in present
         ]
-        deferred = _defer_vector_indexes(conn, table, len(ids)) if _first_fit(conn, table, len(ids)) else []
+        deferred = defer_vector_indexes(conn, table) if _first_fit(conn, table, len(ids)) else []
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             model_id = conn.execute(
@@ -378,12 +379,9 @@ def fit_database(
 #
 # A row's UPDATE writes a new version of the whole row, and every index gets an entry for it: the HNSW
 # insert is most of its cost (~3 ms a row at 100,000 rows). A first fit changes every row, so over a big
-# table its vector index is dropped first (concurrently: searches go on, exact and slower), the rows are
-# updated, and the index is built again, concurrently (neither searches nor writes wait for it). Its
-# definition is kept in pipeline.state until it is back, so an interruption is repaired by the next fit
-# or by `pipeline migrate`.
+# table the vector index is set aside while the rows are updated (`pipeline.indexes`).
 
-DEFER_INDEX_FROM = 20_000  # rows that change segment; fewer: the UPDATE keeps the index
+DEFER_INDEX_FROM = 20_000  # rows without a segment yet; fewer: the UPDATE keeps the index
 
 
 def _first_fit(conn: Connection, table: Source, rows: int) -> bool:
@@ -395,45 +393,6 @@ def _first_fit(conn: Connection, table: Source, rows: int) -> bool:
         )
     ).fetchone()["n"]
     return int(unassigned) >= DEFER_INDEX_FROM
-
-
-def _defer_vector_indexes(conn: Connection, table: Source, rows: int) -> list[str]:
-    """Drop the source table's vector indexes (concurrently), keeping their definitions in pipeline.state."""
-    indexes = conn.execute(query("vector_indexes"), {"table": table.table.as_string(conn)}).fetchall()
-    for index in indexes:
-        conn.execute(query("keep_index_definition"), {"key": f"index:{index['name']}", "value": index["definition"]})
-        conn.execute(sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(*index["name"].split("."))))
-    if indexes:
-        logger.info("segments: %d rows get a segment; their vector index is rebuilt afterwards", rows)
-    return [index["name"] for index in indexes]
-
-
-def restore_vector_indexes(conn: Connection, names: Sequence[str] | None = None) -> list[str]:
-    """Build again (concurrently) the vector indexes a first fit dropped; all pending ones by default."""
-    rows = conn.execute(query("kept_index_definitions")).fetchall()
-    rebuilt = []
-    for row in rows:
-        name = row["key"].removeprefix("index:")
-        if names is not None and name not in names:
-            continue
-        state = conn.execute("select to_regclass(%s) as ix", (name,)).fetchone()["ix"]
-        valid = (
-            state is not None
-            and conn.execute("select indisvalid from pg_index where indexrelid = to_regclass(%s)", (name,)).fetchone()[
-                "indisvalid"
-            ]
-        )
-        if state is not None and not valid:  # an interrupted concurrent build
-            conn.execute(sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(*name.split("."))))
-        if not valid:
-            started = time.perf_counter()
-            conn.execute("set maintenance_work_mem = '512MB'")
-            conn.execute(row["value"].replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY ", 1).encode())
-            conn.execute("reset maintenance_work_mem")
-            logger.info("segments: vector index %s rebuilt in %.1fs", name, time.perf_counter() - started)
-        conn.execute("delete from pipeline.state where key = %s", (row["key"],))
-        rebuilt.append(name)
-    return rebuilt
 
 
 def _silhouette(vectors: np.ndarray, labels: np.ndarray) -> float | None:

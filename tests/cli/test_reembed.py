@@ -55,3 +55,21 @@ def test_reembed_with_a_smaller_model_alters_the_columns(db_url: str, tmp_path: 
 def test_reembed_needs_a_model(db_url: str) -> None:
     result = run_cli("reembed", db_url=db_url, timeout=60)
     assert result.returncode == 1 and "reembed needs the new model" in result.stderr
+
+
+def test_a_big_first_backfill_builds_the_vector_index_after_the_write(db_url: str) -> None:
+    with connect(db_url) as conn:
+        conn.execute("alter table dores disable trigger user")  # rows that predate the pipeline
+        conn.execute("insert into dores (dor_base) select 'dor antiga ' || g from generate_series(1, 40) g")
+        conn.execute("alter table dores enable trigger user")
+    result = run_cli("backfill", "--source", "dores", "--json", db_url=db_url, PIPELINE_BULK_INDEX_FROM="30")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["embedded"] == 40
+    assert "dores_embedding_idx set aside" in result.stderr and "built again" in result.stderr
+    with connect(db_url) as conn:
+        index = conn.execute(
+            "select i.indisvalid as valid, pg_get_indexdef(i.indexrelid) as definition from pg_index i"
+            " where i.indexrelid = 'public.dores_embedding_idx'::regclass"
+        ).fetchone()
+        assert index["valid"] and "m='16', ef_construction='64'" in index["definition"]
+        assert conn.execute("select count(*) as n from pipeline.state where starts_with(key, 'index:')").fetchone()["n"] == 0
