@@ -26,7 +26,8 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 from pipeline.config import Settings
 from pipeline.embedding import load_embedder
-embedder = load_embedder(Settings(backend=sys.argv[1], data_dir=sys.argv[2]))
+from pathlib import Path
+embedder = load_embedder(Settings(backend=sys.argv[1], data_dir=Path(sys.argv[2])))
 loaded = time.perf_counter() - t0
 embedder.embed(["Pacientes faltam às consultas"] * 64)
 print(json.dumps({"load_s": loaded, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
