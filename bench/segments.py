@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,7 +93,27 @@ def main() -> None:
         index_s = time.perf_counter() - started
         before = rss_mib()
 
+        # Meanwhile, another client inserts a row and searches every 0.2 s: how long does each wait?
+        waits: dict[str, list[float]] = {"insert": [], "search": []}
+        stop = threading.Event()
+
+        def client() -> None:
+            with connect(url) as other:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    other.execute("insert into dores (dor_base) values ('cliente novo durante o ajuste')")
+                    waits["insert"].append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    other.execute("select id from match_dores(%s, 5)", (vectors[0],)).fetchall()
+                    waits["search"].append(time.perf_counter() - t0)
+                    time.sleep(0.2)
+
+        probe = threading.Thread(target=client)
+        probe.start()
         first = fit_database(conn, clusters=args.clusters)
+        stop.set()
+        probe.join()
+        conn.execute("delete from dores where embedding is null")
         got = [r["segmento"] for r in conn.execute("select segmento from dores order by id")]
         ari = adjusted_rand_score(truth[:base], got)
         rows.append(
@@ -117,7 +138,11 @@ def main() -> None:
         )
 
     print(f"\nmachine: {machine()}; synthetic {args.clusters} clusters; HNSW index build {index_s:.0f}s (setup)")
-    print(f"process peak RSS before fitting {before:.0f} MiB; ARI of the first fit {ari:.3f}; refit kept {kept:.1%}\n")
+    print(f"process peak RSS before fitting {before:.0f} MiB; ARI of the first fit {ari:.3f}; refit kept {kept:.1%}")
+    print(
+        f"during the first fit, another client: {len(waits['insert'])} inserts, longest {max(waits['insert']):.2f}s; "
+        f"{len(waits['search'])} searches (match_dores), longest {max(waits['search']):.2f}s\n"
+    )
     print(table(["fit", "rows", "seconds", "rows changed", "peak RSS MiB"], rows))
 
 
