@@ -325,13 +325,15 @@ set label = excluded.label, probability = excluded.probability, probabilities = 
     version = excluded.version, scored_at = now()
 
 -- vector_indexes --
--- The HNSW and IVFFlat indexes of a table, as schema-qualified names with their definitions.
+-- The HNSW and IVFFlat indexes of a table that the current role may drop (it owns the table), as
+-- schema-qualified names with their definitions.
 select format('%%I.%%I', n.nspname, c.relname) as name, pg_get_indexdef(i.indexrelid) as definition
 from pg_index i
 join pg_class c on c.oid = i.indexrelid
 join pg_namespace n on n.oid = c.relnamespace
 join pg_am am on am.oid = c.relam
 where i.indrelid = to_regclass(%(table)s) and am.amname in ('hnsw', 'ivfflat')
+  and pg_has_role(c.relowner, 'USAGE')
 
 -- keep_index_definition --
 insert into pipeline.state (key, value) values (%(key)s, %(value)s)
