@@ -110,7 +110,7 @@ def test_a_lead_classifier_scores_new_leads_live_and_in_sql(conn: Any, leads: An
 
     conn.execute("delete from leads where id = %s", (hot,))
     assert prediction(conn, hot) is None
-    assert conn.execute("select unscored from pipeline.lag where source = 'leads'").fetchone()["unscored"] == 0
+    assert conn.execute("select unscored from pipeline.classifier_lag where source = 'leads'").fetchone()["unscored"] == 0
 
 
 def _insert(conn: Any, *texts: str) -> list[int]:
@@ -126,7 +126,7 @@ def _settings() -> Any:
 def test_retraining_makes_a_new_version_and_rescores(conn: Any, leads: Any) -> None:
     classifiers.train(conn, "lead", source="leads", label="status", score=False)
     assert classifiers.unscored(conn, "lead") == 25
-    assert conn.execute("select unscored from pipeline.lag where source = 'leads'").fetchone()["unscored"] == 25
+    assert conn.execute("select unscored from pipeline.classifier_lag where classifier = 'lead'").fetchone()["unscored"] == 25
     assert classifiers.score_all(conn, "lead") == 25 and classifiers.unscored(conn, "lead") == 0
     # Label expressions are SQL over the row.
     second = classifiers.train(
