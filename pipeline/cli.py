@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the rows (or chunks) of a source nearest to a text",
         description="Embeds the text with the database's model and calls the source's SQL function "
         "(match_dores, match_documents, match_<source>); prints the nearest rows, or JSON with --json. With "
-        "--hybrid (dores, documents), words and meaning are fused by reciprocal rank fusion and the results "
+        "--hybrid (dores, documents, chunked sources, in their full-text language), words and meaning are fused by reciprocal rank fusion and the results "
         "carry the `score` that orders them.",
     )
     p.add_argument("text")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     p.add_argument("--segmento", type=int, help="sources with segments (dores): only this segment")
     p.add_argument(
-        "--hybrid", action="store_true", help="dores, documents: fuse Portuguese full-text and vector ranks (RRF)"
+        "--hybrid", action="store_true", help="dores, documents, chunked sources: fuse full-text and vector ranks (RRF)"
     )
     p.add_argument("--filter", help="chunked sources: JSON object the chunk metadata must contain")
     p.add_argument("--json", action="store_true")

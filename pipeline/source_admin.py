@@ -268,6 +268,7 @@ def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> N
                 " limit match_count $$"
             ).format(function=function, dim=dim, attributes=attributes, chunks=source.chunks)
         )
+        _hybrid_function(conn, source, dim, attributes)
         return
     conn.execute(
         sql.SQL(
@@ -279,6 +280,39 @@ def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> N
         ).format(
             function=function, dim=dim, attributes=attributes, key=sql.Identifier(source.key_column),
             text=sql.SQL(source.text_expression), table=source.table,
+        )
+    )  # fmt: skip
+
+
+def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attributes: sql.Composable) -> None:
+    """`public.match_NAME_hybrid(query_text, query_embedding, match_count, filter)`: the chunks' full text, in
+    the source's language (the one its `fts` column was built with), fused with the vectors by RRF, as
+    `match_documents_hybrid` does."""
+    conn.execute(
+        sql.SQL(
+            "create function {function}(query_text text, query_embedding vector({dim}), match_count int default 10,"
+            " filter jsonb default '{{}}', full_text_weight float default 1, semantic_weight float default 1,"
+            " rrf_k int default 50)"
+            " returns table (id bigint, content text, metadata jsonb, similarity float, score float)"
+            " {attributes} as $$"
+            " with full_text as ("
+            "  select c.id, row_number() over (order by ts_rank_cd(c.fts, websearch_to_tsquery({language}::regconfig,"
+            "   query_text)) desc) as rank_ix"
+            "  from {chunks} c where c.fts @@ websearch_to_tsquery({language}::regconfig, query_text)"
+            "   and c.metadata @> filter order by rank_ix limit least(match_count, 30) * 2),"
+            " semantic as ("
+            "  select c.id, row_number() over (order by c.embedding <=> query_embedding) as rank_ix"
+            "  from {chunks} c where c.metadata @> filter order by c.embedding <=> query_embedding"
+            "  limit least(match_count, 30) * 2)"
+            " select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding),"
+            "  coalesce(1.0 / (rrf_k + full_text.rank_ix), 0.0) * full_text_weight"
+            "  + coalesce(1.0 / (rrf_k + semantic.rank_ix), 0.0) * semantic_weight as score"
+            " from full_text full outer join semantic on full_text.id = semantic.id"
+            " join {chunks} c on c.id = coalesce(full_text.id, semantic.id)"
+            " order by score desc limit least(match_count, 30) $$"
+        ).format(
+            function=sql.Identifier("public", f"{source.search_function}_hybrid"), dim=dim, attributes=attributes,
+            chunks=source.chunks, language=sql.Literal(source.language),
         )
     )  # fmt: skip
 
@@ -299,7 +333,8 @@ def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) ->
                 (source.qualified, list(TRIGGER_FUNCTIONS)),
             ).fetchall():
                 conn.execute(sql.SQL("drop trigger {} on {}").format(sql.Identifier(row["tgname"]), source.table))
-        conn.execute(sql.SQL("drop function if exists {}").format(sql.Identifier("public", source.search_function)))
+        for function in (source.search_function, f"{source.search_function}_hybrid"):
+            conn.execute(sql.SQL("drop function if exists {}").format(sql.Identifier("public", function)))
         if source.chunked:
             conn.execute(sql.SQL("drop table if exists {}").format(source.chunks))
         if drop_columns and exists:

@@ -255,3 +255,22 @@ def test_segments_for_a_uuid_source_live_beside_the_dores_ones(conn: Any, worker
     # The dores' model is still the one dores use.
     assert {s["segmento"] for s in list_segments(conn)} <= {0, 1}
     assert conn.execute("select count(*) as n from current_segments").fetchone()["n"] == 2
+
+
+def test_a_chunked_source_gets_hybrid_search_in_its_own_language(conn: Any, worker: Worker, embedder: Any) -> None:
+    conn.execute("create table public.tickets_en (id bigint primary key, body text)")
+    conn.execute(
+        "insert into tickets_en values (1, 'The printers on the third floor keep jamming'),"
+        " (2, 'Invoice XR-2047 was charged twice'), (3, 'Password reset emails never arrive')"
+    )
+    source, _ = add_source(conn, name="tickets_en", table="public.tickets_en", text="body", chunked=True, language="english")
+    assert worker.drain(conn).embedded == 3
+    vector = embedder.embed(["printer jams"])[0]
+    # English stems: "printer jams" matches "printers ... jamming", which Portuguese stemming would not.
+    rows = conn.execute("select * from match_tickets_en_hybrid('printer jams', %s, 3)", (vector,)).fetchall()
+    assert "printers" in rows[0]["content"] and rows[0]["score"] > rows[-1]["score"]
+    found = search_source(conn, embedder, source, "XR-2047", k=1, hybrid=True)
+    assert "XR-2047" in found[0]["content"] and "score" in found[0]
+    assert conn.execute("select count(*) as n from tickets_en_chunks where fts @@ to_tsquery('english', 'jam')").fetchone()["n"] == 1
+    remove_source(conn, "tickets_en")
+    assert conn.execute("select to_regproc('public.match_tickets_en_hybrid') as f").fetchone()["f"] is None
