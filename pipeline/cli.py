@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the rows (or chunks) of a source nearest to a text",
         description="Embeds the text with the database's model and calls the source's SQL function "
         "(match_dores, match_documents, match_<source>); prints the nearest rows, or JSON with --json. With "
-        "--hybrid (dores, documents, chunked sources, in their full-text language), words and meaning are fused by reciprocal rank fusion and the results "
-        "carry the `score` that orders them.",
+        "--hybrid (dores, documents, chunked sources, in their full-text language), words and meaning are fused "
+        "by reciprocal rank fusion and the results carry the `score` that orders them.",
     )
     p.add_argument("text")
     _source_option(p, "the source to search (default: dores)", default="dores")
