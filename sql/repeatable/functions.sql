@@ -401,6 +401,8 @@ as $$
 $$;
 
 -- Rows of a classifier's source whose vector was not scored by its active version (null: source gone).
+-- Rows embedded with another model than the one it was trained on count too: it cannot score them until
+-- it is trained again, and the count says so.
 create or replace function pipeline.unscored_rows(classifier text)
 returns bigint
 language plpgsql stable
@@ -422,11 +424,11 @@ begin
         return null;
     end if;
     execute format(
-        'select count(*) from %I.%I t where t.embedding is not null and t.embedding_model = $1'
+        'select count(*) from %I.%I t where t.embedding is not null'
         ' and not exists (select 1 from pipeline.predictions p'
-        '  where p.classifier = $2 and p.row_key = t.%I::text and p.version = $3)',
+        '  where p.classifier = $1 and p.row_key = t.%I::text and p.version = $2)',
         s.table_schema, s.table_name, s.key_column
-    ) into n using v.model, c.name, v.version;
+    ) into n using c.name, v.version;
     return n;
 end
 $$;

@@ -208,3 +208,16 @@ def test_percent_signs_in_the_owners_sql_reach_the_server_as_written(conn: Any, 
     from pipeline.segments import fit_database
 
     assert fit_database(conn, source="leads", clusters=2).n_rows == 12
+
+
+def test_rows_of_another_model_count_as_unscored_until_the_classifier_is_trained_again(
+    conn: Any, leads: Any
+) -> None:
+    classifiers.train(conn, "lead", source="leads", label="status")
+    assert classifiers.unscored(conn, "lead") == 0
+    conn.execute("update pipeline.classifier_versions set model = 'another/model' where classifier = 'lead'")
+    conn.execute("delete from pipeline.predictions where row_key in ('1', '2')")
+    assert classifiers.score_all(conn, "lead") == 0  # it cannot score another model's vectors
+    assert classifiers.unscored(conn, "lead") == 2
+    with pytest.raises(Exception, match="trained on another/model vectors"):
+        classifiers.predict(conn, "lead", np.zeros((1, 384), dtype=np.float32))
