@@ -170,10 +170,12 @@ def _row_source(conn: Connection, name: str) -> Source:
 
 
 def _database_model(conn: Connection) -> str:
-    row = conn.execute("select value from pipeline.state where key = 'model'").fetchone()
-    if not row or not row["value"]:
+    from pipeline.sync import recorded_model
+
+    model, _ = recorded_model(conn)
+    if not model:
         raise PipelineError("nothing is embedded yet: run `pipeline sync` first")
-    return str(row["value"])
+    return model
 
 
 def read_labelled(conn: Connection, source: Source, label: str, model: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -353,17 +355,24 @@ def remove(conn: Connection, name: str) -> int:
     return dropped
 
 
-def predict(conn: Connection, name: str, vectors: np.ndarray) -> list[dict[str, Any]]:
-    """Every class's probability (most likely first) for each vector under the active version, computed by
-    the database; `label` and `probability` are the most likely class's."""
+def usable(conn: Connection, name: str) -> dict[str, Any]:
+    """The classifier's active version, refused when it is unknown or trained on another model's vectors."""
     with translate_errors():
         info = _active(conn, name)
         model = _database_model(conn)
-        if info["model"] != model:
-            raise PipelineError(
-                f"classifier {name} was trained on {info['model']} vectors but the database now holds {model}'s: "
-                f"train it again (`pipeline classifier train {name} ...`)"
-            )
+    if info["model"] != model:
+        raise PipelineError(
+            f"classifier {name} was trained on {info['model']} vectors but the database now holds {model}'s: "
+            f"train it again (`pipeline classifier train {name} ...`)"
+        )
+    return info
+
+
+def predict(conn: Connection, name: str, vectors: np.ndarray) -> list[dict[str, Any]]:
+    """Every class's probability (most likely first) for each vector under the active version, computed by
+    the database; `label` and `probability` are the most likely class's."""
+    info = usable(conn, name)
+    with translate_errors():
         rows = conn.execute(
             query("predict_many"), {"classifier": name, "version": info["active_version"], "embeddings": list(vectors)}
         ).fetchall()

@@ -84,7 +84,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     else:
         texts = [args.text]
     with _connection(settings) as conn:
-        classifiers.predict(conn, args.name, _zeros(0))  # unknown name or stale model: before the model loads
+        classifiers.usable(conn, args.name)  # unknown name or stale model: said before the model loads
         embedder = _query_embedder(conn, settings)
         results = classifiers.predict(conn, args.name, embedder.embed(texts))
     rows = [_scored(text, result) for text, result in zip(texts, results, strict=True)]
@@ -95,12 +95,6 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     others = ", ".join(f"{label} {p:.3f}" for label, p in row["probabilities"].items())
     print(f"{row['label']} {row['probability']:.3f}  ({others})")
     return 0
-
-
-def _zeros(n: int) -> Any:
-    import numpy as np
-
-    return np.zeros((n, 0), dtype=np.float32)
 
 
 def _scored(text: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -118,14 +112,14 @@ def _score_csv(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         raise InputError(f"{args.csv} has a header but no rows")
     with _connection(settings) as conn:
-        classifiers.predict(conn, args.name, _zeros(0))
+        classifiers.usable(conn, args.name)
         embedder = _query_embedder(conn, settings)
         step = 512
         with tqdm(total=len(rows), desc="score", unit="rows", file=sys.stderr, disable=None) as bar:
             for start in range(0, len(rows), step):
                 part = rows[start : start + step]
                 filled = [row for row in part if (row.get(args.text_col) or "").strip()]
-                vectors = embedder.embed([row[args.text_col] for row in filled]) if filled else _zeros(0)
+                vectors = embedder.embed([row[args.text_col] for row in filled])
                 for row, result in zip(filled, classifiers.predict(conn, args.name, vectors), strict=True):
                     row["label"], row["probability"] = result["label"], f"{result['probability']:.6f}"
                 bar.update(len(part))
