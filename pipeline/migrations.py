@@ -118,6 +118,12 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
             for migration in repeatable(directory):
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
+                    # Remembered, so that code whose repeatable file changed asks for `migrate` (`pending`).
+                    conn.execute(
+                        "insert into pipeline.state (key, value) values (%s, %s)"
+                        " on conflict (key) do update set value = excluded.value, updated_at = now()",
+                        (f"repeatable:{migration.name}", migration.checksum),
+                    )
             unknown = sorted(set(applied) - {m.name for m in migrations})
             if unknown:
                 logger.warning("the database has migrations this code does not know: %s", ", ".join(unknown))
@@ -148,14 +154,20 @@ def ensure_vector(conn: Connection) -> None:
 
 
 def pending(conn: Connection, directory: Path | None = None) -> list[str]:
-    """Names of migrations not yet applied (all of them on a database never migrated)."""
+    """Names of migrations not yet applied (all of them on a database never migrated), and of repeatable
+    files that changed since the last `migrate` (`repeatable/functions.sql`)."""
     names = [m.name for m in load(directory)]
     with translate_errors():
         exists = conn.execute("select to_regclass('pipeline.migrations') is not null as ok").fetchone()
         if not exists or not exists["ok"]:
             return names
         done = {row["name"] for row in conn.execute("select name from pipeline.migrations")}
-    return [name for name in names if name not in done]
+        applied = {
+            row["key"].removeprefix("repeatable:"): row["value"]
+            for row in conn.execute("select key, value from pipeline.state where starts_with(key, 'repeatable:')")
+        }
+    missing = [name for name in names if name not in done]
+    return missing + [f"repeatable/{m.name}" for m in repeatable(directory) if applied.get(m.name) != m.checksum]
 
 
 def require_current(conn: Connection) -> None:

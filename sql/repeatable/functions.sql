@@ -1,6 +1,7 @@
 -- The pipeline's functions and views with their security attributes, applied by every `pipeline migrate`
 -- after the numbered migrations (a repeatable migration: it is rewritten in place when a definition
--- changes, and running it again is harmless).
+-- changes, and running it again is harmless). `migrate` keeps its checksum in pipeline.state, so code that
+-- ships a changed file asks for `pipeline migrate` before it runs.
 --
 -- Numbered migrations are never edited, and the first ones created these functions without a fixed
 -- search_path or SECURITY DEFINER. Re-running one of them by hand (pasting 0001 into the SQL editor)

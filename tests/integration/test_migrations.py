@@ -87,3 +87,15 @@ def test_existing_dores_table_is_adopted_and_queued(empty_db_url: str) -> None:
         }
         assert {"embedding", "segmento", "content_hash", "metadata"} <= columns
         assert conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"] == 1
+
+
+def test_a_changed_repeatable_file_asks_for_migrate(conn: Any) -> None:
+    from pipeline.migrations import require_current
+
+    assert pending(conn) == []
+    # As after a code update that changed a definition: the database holds the previous file's checksum.
+    conn.execute("update pipeline.state set value = 'previous' where key = 'repeatable:functions.sql'")
+    assert pending(conn) == ["repeatable/functions.sql"]
+    with pytest.raises(MigrationError, match=r"\(repeatable/functions\.sql\): run `pipeline migrate`"):
+        require_current(conn)
+    assert migrate(conn) == [] and pending(conn) == []
