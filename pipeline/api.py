@@ -87,7 +87,9 @@ class SearchRequest(BaseModel):
     source: str = Field("dores", pattern=r"^[a-z][a-z0-9_]{0,39}$", description="a registered source")
     table: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,39}$", description="alias of `source`")
     k: int = Field(5, ge=1, le=100)
-    hybrid: bool = False
+    hybrid: bool | None = Field(
+        None, description="null (default): words and meaning fused (RRF) where the source has it; false: vectors only"
+    )
     filter: dict[str, Any] = Field(default_factory=dict)
     segmento: int | None = Field(None, ge=0, le=2**31 - 1)
 
@@ -339,7 +341,8 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
 
     @app.post("/ml/search", dependencies=secured, responses=ERRORS)
     def ml_search(body: SearchRequest) -> list[dict[str, Any]]:
-        """Results as `pipeline search --json` prints them (dores, or document chunks with `hybrid`, `filter`)."""
+        """Results as `pipeline search --json` prints them: hybrid by default (`"hybrid": false` for vectors
+        alone), each with the `score` that orders it; `filter` for chunked sources, `segmento` for dores."""
         from pipeline.search import search_source
         from pipeline.sources import load_sources
 

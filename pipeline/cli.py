@@ -79,19 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "search",
         parents=[common],
-        help="the rows (or chunks) of a source nearest to a text",
-        description="Embeds the text with the database's model and calls the source's SQL function "
-        "(match_dores, match_documents, match_<source>); prints the nearest rows, or JSON with --json. With "
-        "--hybrid (dores, documents, chunked sources, in their full-text language), words and meaning are fused "
-        "by reciprocal rank fusion and the results carry the `score` that orders them.",
+        help="the rows (or chunks) of a source that best match a text: words and meaning",
+        description="Embeds the text with the database's model and calls the source's SQL search function. By "
+        "default that is hybrid search (match_dores_hybrid, match_documents_hybrid, match_<source>_hybrid): the "
+        "rows that share the text's words, ranked by how rare those words are, in the source's full-text "
+        "language, fused with the nearest vectors by reciprocal rank fusion; each result shows the RRF score that "
+        "orders it and its cosine similarity. --vector-only ranks by the vectors alone (match_dores, ...). "
+        "Prints the results, or JSON with --json; `no results` on stderr when nothing matches.",
     )
     p.add_argument("text")
     _source_option(p, "the source to search (default: dores)", default="dores")
     p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     p.add_argument("--segmento", type=int, help="sources with segments (dores): only this segment")
-    p.add_argument(
-        "--hybrid", action="store_true", help="dores, documents, chunked sources: fuse full-text and vector ranks (RRF)"
-    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--vector-only", action="store_true", help="rank by vector similarity alone")
+    mode.add_argument("--hybrid", action="store_true", help="hybrid search (the default), an error where unavailable")
     p.add_argument("--filter", help="chunked sources: JSON object the chunk metadata must contain")
     p.add_argument("--json", action="store_true")
 

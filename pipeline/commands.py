@@ -223,7 +223,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("search")
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.search import search_source
+    from pipeline.search import hybrid_available, search_source
     from pipeline.sources import load_sources
 
     filter_ = _json_object(args.filter, "--filter") if args.filter else None
@@ -234,7 +234,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     with _connection(settings) as conn:
         (source,) = load_sources(conn, [args.source])
         embedder = _query_embedder(conn, settings)
-        hybrid = bool(args.hybrid)
+        hybrid = False if args.vector_only else (True if args.hybrid else hybrid_available(conn, source))
         rows = search_source(
             conn, embedder, source, args.text, k=args.k, hybrid=hybrid, filter=filter_, segmento=args.segmento
         )
@@ -246,20 +246,20 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     for rank, row in enumerate(rows, 1):
         if source.chunked:
             title = row["title"] or f"{source.name} {row.get(source.chunk_key_column or '')}"
-            print(f"{rank}. {_shown_score(row)}  {title} [chunk {row['chunk_index']}]")
+            print(f"{rank}. {_shown_score(row, hybrid)}  {title} [chunk {row['chunk_index']}]")
             print("   " + " ".join(row["content"].split())[:300])
             continue
         segment = f" [segmento {row['segmento']}]" if row.get("segmento") is not None else ""
         text = row.get("dor_base") or row.get("content") or ""
-        print(f"{rank}. {_shown_score(row)}{segment} #{row['id']} {' '.join(str(text).split())[:300]}")
+        print(f"{rank}. {_shown_score(row, hybrid)}{segment} #{row['id']} {' '.join(str(text).split())[:300]}")
         if row.get("solucao_graventum"):
             print(f"   -> {row['solucao_graventum']}")
     return 0
 
 
-def _shown_score(row: dict[str, Any]) -> str:
+def _shown_score(row: dict[str, Any], hybrid: bool) -> str:
     """The number that explains the order: the RRF score of a hybrid search, else the cosine similarity."""
-    if "score" in row:
+    if hybrid:
         return f"score {row['score']:.4f} (similarity {row['similarity']:.3f})"
     return f"{row['similarity']:.3f}"
 

@@ -17,7 +17,7 @@ from pipeline.sync import count_ready, prepare_worker
 SAMPLE = Path(__file__).parent / "data" / "dores_exemplo.csv"
 QUERIES = [
     "o fechamento do mês da contabilidade sempre atrasa",
-    "pacientes esquecem a consulta marcada",
+    "clientes faltam às consultas",
     "caminhões fazendo rotas longas e gastando combustível",
 ]
 
@@ -39,9 +39,9 @@ def run_demo(settings: Settings) -> int:
             sync = worker.drain(conn, spare=spare, on_batch=progress)
         print(f"sync: {sync.embedded} rows embedded in {sync.seconds:.1f}s, {sync.unchanged} unchanged")
         for text in QUERIES:
-            print(f'\nsearch "{text}":')
+            print(f'\nsearch "{text}" (words and meaning, RRF score):')
             for hit in search_dores(conn, worker.embedder, text, k=3):
-                print(f"  {hit['similarity']:.3f}  {hit['dor_base']}  ->  {hit['solucao_graventum']}")
+                print(f"  {hit['score']:.4f}  {hit['dor_base']}  ->  {hit['solucao_graventum']}")
         print("\n" + format_status(status(conn)))
     print(
         "\nThe database keeps running; `pipeline db url` prints its URL for psql, "

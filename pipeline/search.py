@@ -20,15 +20,16 @@ def search_source(
     text: str,
     *,
     k: int = 5,
-    hybrid: bool | None = False,
+    hybrid: bool | None = None,
     filter: dict[str, Any] | None = None,
     segmento: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The `k` rows (or chunks) of `source` nearest to `text`, through its SQL function.
+    """The `k` rows (or chunks) of `source` that best match `text`, through its SQL function.
 
-    `hybrid` fuses full text with the vectors through `<function>_hybrid` (results then carry the RRF
-    `score` that orders them); None means: wherever the source has that function. Chunked sources take
-    a metadata `filter`; a source with a segment column takes `segmento`.
+    `hybrid` fuses full text with the vectors through `<function>_hybrid`; None (the default) means:
+    wherever the source has that function; False: vectors alone. Every result carries the `score` that
+    orders it (the RRF score, or the cosine similarity) and its `similarity`. Chunked sources take a
+    metadata `filter`; a source with a segment column takes `segmento`.
     """
     text = text.replace("\x00", "")
     if filter and not source.chunked:
@@ -36,11 +37,9 @@ def search_source(
     if segmento is not None and not source.segment_column:
         raise InputError(f"segmento applies to a source with segments; {source.name} has none")
     if hybrid is None or hybrid:
-        with translate_errors():
-            found = conn.execute("select to_regproc(%s) as f", (f"public.{source.search_function}_hybrid",))
-            available = found.fetchone()["f"] is not None
+        available = hybrid_available(conn, source)
         if hybrid and not available:
-            raise InputError(f"hybrid search is not available for source {source.name}")
+            raise InputError(f"hybrid search is not available for source {source.name} (run `pipeline migrate`)")
         hybrid = available
     function = source.search_function + ("_hybrid" if hybrid else "")
     vector = _query_vector(embedder, text, k)
@@ -61,12 +60,11 @@ def search_source(
         )
         statement = sql.SQL("select * from {}({})").format(sql.Identifier("public", function), named)
         rows = conn.execute(statement, args).fetchall()
+    def score(row: dict[str, Any]) -> float:
+        return round(float(row["score"]), 6) if hybrid else round(float(row["similarity"]), 4)
+
     if not source.chunked:
-        return [
-            {**row, "similarity": round(float(row["similarity"]), 4)}
-            | ({"score": round(float(row["score"]), 6)} if hybrid else {})
-            for row in rows
-        ]
+        return [{**row, "similarity": round(float(row["similarity"]), 4), "score": score(row)} for row in rows]
     results = []
     for row in rows:
         metadata = row["metadata"] or {}
@@ -76,20 +74,32 @@ def search_source(
             "title": metadata.get("title"),
             "chunk_index": metadata.get("chunk_index"),
             "similarity": round(float(row["similarity"]), 4),
+            "score": score(row),
             "content": row["content"],
         }
-        if hybrid:
-            result["score"] = round(float(row["score"]), 6)
         results.append(result)
     return results
 
 
+def hybrid_available(conn: Connection, source: Source) -> bool:
+    """Whether `source` has its `<function>_hybrid` (every source does after `pipeline migrate`)."""
+    with translate_errors():
+        found = conn.execute("select to_regproc(%s) as f", (f"public.{source.search_function}_hybrid",))
+        return found.fetchone()["f"] is not None
+
+
 def search_dores(
-    conn: Connection, embedder: Embedder, text: str, *, k: int = 5, segmento: int | None = None
+    conn: Connection,
+    embedder: Embedder,
+    text: str,
+    *,
+    k: int = 5,
+    hybrid: bool | None = None,
+    segmento: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The `k` dores nearest to `text` by meaning alone, through `match_dores`."""
+    """The `k` dores that best match `text`: words and meaning (`match_dores_hybrid`), or meaning alone."""
     (source,) = load_sources(conn, ["dores"])
-    return search_source(conn, embedder, source, text, k=k, hybrid=False, segmento=segmento)
+    return search_source(conn, embedder, source, text, k=k, hybrid=hybrid, segmento=segmento)
 
 
 def search_documents(
@@ -98,10 +108,10 @@ def search_documents(
     text: str,
     *,
     k: int = 5,
-    hybrid: bool = False,
+    hybrid: bool | None = None,
     filter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The `k` chunks nearest to `text` (`match_documents`), or fused with full text (`match_documents_hybrid`)."""
+    """The `k` chunks that best match `text`: fused with full text (`match_documents_hybrid`), or by vectors."""
     (source,) = load_sources(conn, ["documents"])
     return search_source(conn, embedder, source, text, k=k, hybrid=hybrid, filter=filter)
 

@@ -282,37 +282,57 @@ def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> N
             text=sql.SQL(source.text_expression), table=source.table,
         )
     )  # fmt: skip
+    _hybrid_function(conn, source, dim, attributes)
 
 
 def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attributes: sql.Composable) -> None:
-    """`public.match_NAME_hybrid(query_text, query_embedding, match_count, filter)`: the chunks' full text, in
-    the source's language (the one its `fts` column was built with), fused with the vectors by RRF, as
-    `match_documents_hybrid` does."""
+    """`public.match_NAME_hybrid(query_text, query_embedding, match_count, ...)`: words and meaning fused by
+    reciprocal rank fusion, as `match_documents_hybrid` does, in the source's language (the one a chunked
+    source's `fts` column is built with). A row source's text is read at query time: an index over the
+    owner's expression could make the owner's own writes fail (an expression that raises for a row)."""
+    language = sql.Literal(source.language)
+    if source.chunked:
+        table, document, searched = source.chunks, sql.SQL("t.fts"), sql.SQL("t.metadata @> filter")
+        key, content = sql.SQL("t.id"), sql.SQL("t.content, t.metadata")
+        signature = sql.SQL("filter jsonb default '{}', ")
+        returns = sql.SQL("id bigint, content text, metadata jsonb, similarity float, score float")
+    else:
+        text = sql.SQL("({})::text").format(sql.SQL(source.text_expression))
+        table = source.table
+        document = sql.SQL("to_tsvector({}::regconfig, {})").format(language, text)
+        searched = sql.SQL("t.embedding is not null")
+        key, content = sql.SQL("t.{}").format(sql.Identifier(source.key_column)), text
+        signature = sql.SQL("")
+        returns = sql.SQL("id text, content text, similarity float, score float")
     conn.execute(
         sql.SQL(
             "create function {function}(query_text text, query_embedding vector({dim}), match_count int default 10,"
-            " filter jsonb default '{{}}', full_text_weight float default 1, semantic_weight float default 1,"
-            " rrf_k int default 50)"
-            " returns table (id bigint, content text, metadata jsonb, similarity float, score float)"
-            " {attributes} as $$"
-            " with full_text as ("
-            "  select c.id, row_number() over (order by ts_rank_cd(c.fts, websearch_to_tsquery({language}::regconfig,"
-            "   query_text)) desc) as rank_ix"
-            "  from {chunks} c where c.fts @@ websearch_to_tsquery({language}::regconfig, query_text)"
-            "   and c.metadata @> filter order by rank_ix limit least(match_count, 30) * 2),"
-            " semantic as ("
-            "  select c.id, row_number() over (order by c.embedding <=> query_embedding) as rank_ix"
-            "  from {chunks} c where c.metadata @> filter order by c.embedding <=> query_embedding"
-            "  limit least(match_count, 30) * 2)"
-            " select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding),"
+            " {signature}full_text_weight float default 1, semantic_weight float default 1, rrf_k int default 20)"
+            " returns table ({returns}) {attributes} as $$"
+            " with words as (select quote_literal(w)::tsquery as q"
+            "  from unnest(tsvector_to_array(to_tsvector({language}::regconfig, query_text))) w),"
+            " searched as (select count(*) as n from {table} t where {searched}),"
+            " weighted as (select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf"
+            "  from words w cross join searched s"
+            "  cross join lateral (select count(*) as n from {table} t where {document} @@ w.q and {searched}) df"
+            "  where df.n > 0),"
+            " full_text as (select {key} as key, row_number() over (order by m.idf desc, {key}) as rank_ix"
+            "  from {table} t cross join lateral (select sum(w.idf) as idf from weighted w where {document} @@ w.q) m"
+            "  where {document} @@ (select string_agg(q::text, ' | ')::tsquery from weighted) and {searched}"
+            "  order by rank_ix limit greatest(match_count, 60)),"
+            " semantic as (select n.key, row_number() over (order by n.distance, n.key) as rank_ix"
+            "  from (select {key} as key, t.embedding <=> query_embedding as distance from {table} t where {searched}"
+            "  order by t.embedding <=> query_embedding limit greatest(match_count, 60)) n)"
+            " select {key}{cast}, {content}, 1 - (t.embedding <=> query_embedding) as similarity,"
             "  coalesce(1.0 / (rrf_k + full_text.rank_ix), 0.0) * full_text_weight"
             "  + coalesce(1.0 / (rrf_k + semantic.rank_ix), 0.0) * semantic_weight as score"
-            " from full_text full outer join semantic on full_text.id = semantic.id"
-            " join {chunks} c on c.id = coalesce(full_text.id, semantic.id)"
-            " order by score desc limit least(match_count, 30) $$"
+            " from full_text full outer join semantic on full_text.key = semantic.key"
+            " join {table} t on {key} = coalesce(full_text.key, semantic.key)"
+            " order by score desc, similarity desc limit match_count $$"
         ).format(
             function=sql.Identifier("public", f"{source.search_function}_hybrid"), dim=dim, attributes=attributes,
-            chunks=source.chunks, language=sql.Literal(source.language),
+            signature=signature, returns=returns, language=language, key=key, document=document, table=table,
+            searched=searched, content=content, cast=sql.SQL("" if source.chunked else "::text"),
         )
     )  # fmt: skip
 

@@ -96,7 +96,7 @@ def test_hybrid_beats_pure_vector_on_an_exact_code(conn: Any, worker: Worker, em
         titles = [r["title"] for r in rows]
         return titles.index(f"Ficha {target}") + 1 if f"Ficha {target}" in titles else 99
 
-    vector = rank(search_documents(conn, embedder, target, k=10))
+    vector = rank(search_documents(conn, embedder, target, k=10, hybrid=False))
     hybrid = rank(search_documents(conn, embedder, target, k=10, hybrid=True))
     assert hybrid == 1
     assert hybrid < vector
