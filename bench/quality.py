@@ -1,12 +1,19 @@
 """Retrieval and similarity quality through the pipeline, next to the published scores of the same model.
 
-SciFact (BEIR): the 5,183 abstracts are loaded as documents (title + abstract), chunked, embedded and
-synced; each of the 300 test queries goes through `match_documents`; a document ranks by its best chunk;
-nDCG@10 is compared with MTEB's published score for the model (which embeds title + text, first 256 tokens).
-ASSIN 2 (Portuguese STS): every sentence goes in as a dor and is embedded by the sync; the cosine of the two
-stored vectors of each pair is compared with the gold similarity (Spearman).
+SciFact (BEIR, English): the 5,183 abstracts go into a table registered as a chunked source with the
+English full-text configuration (`pipeline source add scifact --chunked --language english`), are chunked,
+embedded and synced; each of the 300 test queries goes through `match_scifact` (vectors alone, the same
+function as match_documents) and `match_scifact_hybrid` (the default search path); a document ranks by its
+best chunk; nDCG@10 is compared with MTEB's published score for the model (title + text, first 256 tokens).
+`--chunk-tokens 254,128,192` runs it once per chunk size (each in its own database).
+ASSIN 2 (Portuguese): every sentence goes in as a dor and is embedded by the sync; the cosine of the two
+stored vectors of each pair is compared with the gold similarity (Spearman). The same rows then serve as a
+Portuguese retrieval test: each pair with similarity >= 4 is a query (one sentence) and its answer (the
+other), searched among all sentences through match_dores and match_dores_hybrid (nDCG@10, the query's own
+row left out). Sample dores: the rank of the README's example through both.
 
-    python bench/quality.py [--evaldata ../shared/evaldata] [--only scifact|assin2] [--backends torch,onnx-int8]
+    python bench/quality.py [--evaldata ../shared/evaldata] [--only scifact|assin2|dores]
+                            [--backends torch,onnx-int8] [--chunk-tokens 254,128]
 
 With several backends, each runs in its own database, and the ASSIN 2 sentences' stored vectors of each
 backend are compared with the first's (mean and minimum cosine).
@@ -26,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, machine, scratch_database, table
+from bench.common import ROOT, SAMPLE, machine, scratch_database, table
 
 PUBLISHED = {
     "sentence-transformers/all-MiniLM-L6-v2": {"scifact": 0.6451, "assin2": 0.5644},
@@ -41,16 +48,22 @@ def ndcg_at_10(ranked: list[str], relevant: dict[str, int]) -> float:
     return dcg / idcg if idcg else 0.0
 
 
-def scifact(url: str, worker: object, data: Path) -> tuple[float, float, dict[str, float]]:
+def scifact(url: str, worker: object, data: Path) -> tuple[dict[str, float], float, dict[str, Any]]:
     from pipeline.db import connect
+    from pipeline.source_admin import add_source
 
     started = time.perf_counter()
     with connect(url) as conn, connect(url) as spare:
-        with conn.transaction(), conn.cursor().copy("copy documents (title, content, metadata) from stdin") as copy:
+        conn.execute("create table public.scifact (id text primary key, title text, body text)")
+        add_source(
+            conn, name="scifact", table="public.scifact", text="pipeline.document_text(title, body)",
+            chunked=True, language="english", backfill=False,
+        )  # fmt: skip
+        with conn.transaction(), conn.cursor().copy("copy scifact (id, title, body) from stdin") as copy:
             for line in (data / "scifact" / "corpus.jsonl").open(encoding="utf-8"):
                 doc = json.loads(line)
-                copy.write_row((doc["title"], doc["text"], json.dumps({"corpus_id": doc["_id"]})))
-        report = worker.drain(conn, ["documents"], spare=spare)  # type: ignore[attr-defined]
+                copy.write_row((doc["_id"], doc["title"], doc["text"]))
+        report = worker.drain(conn, ["scifact"], spare=spare)  # type: ignore[attr-defined]
         sync_s = time.perf_counter() - started
         qrels: dict[str, dict[str, int]] = defaultdict(dict)
         for line in (data / "scifact" / "qrels" / "test.tsv").read_text().splitlines()[1:]:
@@ -63,28 +76,34 @@ def scifact(url: str, worker: object, data: Path) -> tuple[float, float, dict[st
         }
         ids = list(queries)
         vectors = worker.embedder.embed([queries[i] for i in ids])  # type: ignore[attr-defined]
-        scores, latencies = [], []
+        calls = {
+            "vector": ("match_scifact(%(v)s, 100)", lambda q, v: {"v": v}),
+            "hybrid": ("match_scifact_hybrid(%(q)s, %(v)s, 100)", lambda q, v: {"q": q, "v": v}),
+        }
+        scores: dict[str, list[float]] = defaultdict(list)
+        latencies: dict[str, list[float]] = defaultdict(list)
         for query_id, vector in zip(ids, vectors, strict=True):
-            t0 = time.perf_counter()
-            rows = conn.execute(
-                "select metadata->>'corpus_id' as doc, similarity from match_documents(%s, 100)", (vector,)
-            ).fetchall()
-            latencies.append(time.perf_counter() - t0)
-            ranked: list[str] = []
-            for row in rows:  # best chunk first: keep each document's first appearance
-                if row["doc"] not in ranked:
-                    ranked.append(row["doc"])
-            scores.append(ndcg_at_10(ranked, qrels[query_id]))
-    latencies.sort()
+            for mode, (call, params) in calls.items():
+                t0 = time.perf_counter()
+                rows = conn.execute(
+                    f"select c.scifact_key as doc from {call} with ordinality m"
+                    " join scifact_chunks c on c.id = m.id order by m.ordinality",
+                    params(queries[query_id], vector),
+                ).fetchall()
+                latencies[mode].append(time.perf_counter() - t0)
+                ranked: list[str] = []
+                for row in rows:  # best chunk first: keep each document's first appearance
+                    if row["doc"] not in ranked:
+                        ranked.append(row["doc"])
+                scores[mode].append(ndcg_at_10(ranked, qrels[query_id]))
     extra = {
         "documents": report.embedded,
         "chunks": report.chunks,
         "sync_s": sync_s,
-        "query_p50_ms": 1000 * latencies[len(latencies) // 2],
-        "query_p95_ms": 1000 * latencies[int(len(latencies) * 0.95)],
         "queries": len(ids),
+        "p50_ms": {mode: 1000 * sorted(values)[len(values) // 2] for mode, values in latencies.items()},
     }
-    return sum(scores) / len(scores), time.perf_counter() - started, extra
+    return {mode: sum(v) / len(v) for mode, v in scores.items()}, time.perf_counter() - started, extra
 
 
 def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str, Any]]:
@@ -106,17 +125,55 @@ def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str
         vectors = {
             r["dor_base"]: r["embedding"].to_numpy() for r in conn.execute("select dor_base, embedding from dores")
         }
-    cosines = [float(vectors[t] @ vectors[h]) for t, h, _ in pairs]
-    rho = spearmanr(cosines, [gold for _, _, gold in pairs]).statistic
-    extra = {"pairs": len(pairs), "sentences": len(sentences), "vectors": vectors}
+        cosines = [float(vectors[t] @ vectors[h]) for t, h, _ in pairs]
+        rho = spearmanr(cosines, [gold for _, _, gold in pairs]).statistic
+        ids = {r["dor_base"]: r["id"] for r in conn.execute("select id, dor_base from dores")}
+        retrieval: dict[str, list[float]] = defaultdict(list)
+        for t, h, gold in pairs:
+            if gold < 4:
+                continue
+            for mode, call in (("vector", "match_dores(%(v)s, 11)"), ("hybrid", "match_dores_hybrid(%(q)s, %(v)s, 11)")):  # noqa: E501
+                found = [r["id"] for r in conn.execute(f"select id from {call}", {"q": t, "v": vectors[t]})]
+                ranked = [i for i in found if i != ids[t]][:10]
+                retrieval[mode].append(1 / math.log2(ranked.index(ids[h]) + 2) if ids[h] in ranked else 0.0)
+    extra = {
+        "pairs": len(pairs),
+        "sentences": len(sentences),
+        "vectors": vectors,
+        "retrieval": {mode: sum(v) / len(v) for mode, v in retrieval.items()},
+        "queries": len(retrieval["vector"]),
+    }
     return float(rho), time.perf_counter() - started, extra
+
+
+README_QUERY, README_TARGET = "clientes faltam às consultas", "Pacientes faltam às consultas"
+
+
+def sample_dores(url: str, worker: object) -> dict[str, int | None]:
+    """The rank of the README's example dor for the README's query, by vectors and by hybrid search."""
+    from pipeline.csvio import import_dores
+    from pipeline.db import connect
+    from pipeline.search import search_dores
+
+    with connect(url) as conn, connect(url) as spare:
+        import_dores(conn, SAMPLE)
+        worker.drain(conn, ["dores"], spare=spare)  # type: ignore[attr-defined]
+        ranks: dict[str, int | None] = {}
+        for mode, hybrid in (("vector", False), ("hybrid", True)):
+            rows = search_dores(conn, worker.embedder, README_QUERY, k=50, hybrid=hybrid)  # type: ignore[attr-defined]
+            found = [i for i, row in enumerate(rows, 1) if row["dor_base"].startswith(README_TARGET)]
+            ranks[mode] = found[0] if found else None
+    return ranks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--evaldata", type=Path, default=ROOT.parent / "shared" / "evaldata")
-    parser.add_argument("--only", choices=["scifact", "assin2"])
+    parser.add_argument("--only", choices=["scifact", "assin2", "dores"])
     parser.add_argument("--backends", default="torch", help="comma-separated: torch, onnx-int8 (default torch)")
+    parser.add_argument(
+        "--chunk-tokens", default="", help="SciFact: comma-separated chunk sizes in tokens (default: the model's)"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -126,51 +183,72 @@ def main() -> None:
     from pipeline.embedding import parse_identity
     from pipeline.sync import prepare_worker
 
+    def fresh_worker(url: str, backend: str, chunk_tokens: int | None = None) -> Any:
+        with connect(url) as conn:
+            return prepare_worker(conn, Settings(backend=backend, chunk_tokens=chunk_tokens))
+
     rows = []
     reference: dict[str, Any] | None = None
+    sizes = [int(size) for size in args.chunk_tokens.split(",") if size] or [None]
     for backend in args.backends.split(","):
-        with scratch_database() as url:
-            with connect(url) as conn:
-                worker = prepare_worker(conn, Settings(backend=backend))
-            name, _ = parse_identity(worker.embedder.name)
-            published = PUBLISHED.get(name, {})
-            if args.only in (None, "assin2"):
+        if args.only in (None, "assin2"):
+            with scratch_database() as url:
+                worker = fresh_worker(url, backend)
+                name, _ = parse_identity(worker.embedder.name)
+                published = PUBLISHED.get(name, {})
                 rho, seconds, extra = assin2(url, worker, args.evaldata)
-                vectors = extra["vectors"]
-                agreement = ""
-                if reference is None:
-                    reference = vectors
-                else:
-                    cosines = np.asarray([float(vectors[s] @ reference[s]) for s in reference])
-                    agreement = (
-                        f"; cosine to the first backend's vectors: mean {cosines.mean():.4f}, min {cosines.min():.4f}"
-                    )
+            vectors = extra["vectors"]
+            agreement = ""
+            if reference is None:
+                reference = vectors
+            else:
+                cosines = np.asarray([float(vectors[s] @ reference[s]) for s in reference])
+                agreement = f"; cosine to the first backend's: mean {cosines.mean():.4f}, min {cosines.min():.4f}"
+            rows.append(
+                [
+                    "ASSIN 2 STS (pt), cosine Spearman", backend, f"{rho:.4f}", "", published.get("assin2", "-"),
+                    f"{seconds:.0f}s", f"{extra['pairs']} pairs, {extra['sentences']} sentences as dores{agreement}",
+                ]
+            )  # fmt: skip
+            retrieval = extra["retrieval"]
+            rows.append(
+                [
+                    "ASSIN 2 as retrieval (pt), nDCG@10", backend, f"{retrieval['vector']:.4f}",
+                    f"{retrieval['hybrid']:.4f}", "-", "",
+                    f"{extra['queries']} pairs with similarity >= 4: one sentence finds the other among all, "
+                    "match_dores vs match_dores_hybrid",
+                ]
+            )  # fmt: skip
+        if args.only in (None, "dores"):
+            with scratch_database() as url:
+                worker = fresh_worker(url, backend)
+                name, _ = parse_identity(worker.embedder.name)
+                ranks = sample_dores(url, worker)
+            rows.append(
+                [
+                    "sample dores, rank of the README's dor", backend, str(ranks["vector"]), str(ranks["hybrid"]), "-",
+                    "", f'"{README_QUERY}" -> "{README_TARGET}..." (goal: top 3)',
+                ]
+            )  # fmt: skip
+        if args.only in (None, "scifact"):
+            for size in sizes:
+                with scratch_database() as url:
+                    worker = fresh_worker(url, backend, size)
+                    name, _ = parse_identity(worker.embedder.name)
+                    published = PUBLISHED.get(name, {})
+                    scores, seconds, extra = scifact(url, worker, args.evaldata)
                 rows.append(
                     [
-                        "ASSIN 2 STS (pt), cosine Spearman",
-                        backend,
-                        f"{rho:.4f}",
-                        published.get("assin2", "-"),
-                        f"{seconds:.0f}s",
-                        f"{extra['pairs']} pairs, {extra['sentences']} sentences synced as dores{agreement}",
-                    ]
-                )
-            if args.only in (None, "scifact"):
-                score, seconds, extra = scifact(url, worker, args.evaldata)
-                rows.append(
-                    [
-                        "SciFact, nDCG@10",
-                        backend,
-                        f"{score:.4f}",
-                        published.get("scifact", "-"),
+                        f"SciFact (en), nDCG@10, chunks of {worker.chunk_tokens} tokens", backend,
+                        f"{scores['vector']:.4f}", f"{scores['hybrid']:.4f}", published.get("scifact", "-"),
                         f"{seconds:.0f}s",
                         f"{extra['documents']} documents, {extra['chunks']} chunks, sync {extra['sync_s']:.0f}s; "
-                        f"{extra['queries']} queries, match_documents p50 {extra['query_p50_ms']:.1f} ms, "
-                        f"p95 {extra['query_p95_ms']:.1f} ms",
+                        f"{extra['queries']} queries, p50 {extra['p50_ms']['vector']:.1f} ms vector, "
+                        f"{extra['p50_ms']['hybrid']:.1f} ms hybrid",
                     ]
-                )
+                )  # fmt: skip
     print(f"\nmachine: {machine()}; model {name}\n")
-    print(table(["benchmark", "backend", "pipeline", "published (MTEB)", "time", "notes"], rows))
+    print(table(["benchmark", "backend", "vector", "hybrid", "published (MTEB)", "time", "notes"], rows))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,11 @@ def test_segmentar_classify_search(client: Any) -> None:
 
     dores = client.post("/ml/search", json={"query": "pacientes faltam às consultas", "k": 3}, headers=AUTH).json()
     assert len(dores) == 3 and "consulta" in dores[0]["dor_base"].lower()
+    assert dores[0]["score"] >= dores[1]["score"] >= dores[2]["score"] and dores[0]["score"] != dores[0]["similarity"]
+    vector = client.post(
+        "/ml/search", json={"query": "pacientes faltam às consultas", "k": 3, "hybrid": False}, headers=AUTH
+    ).json()
+    assert [row["score"] for row in vector] == [row["similarity"] for row in vector]
     docs = client.post(
         "/ml/search", json={"query": "consultas", "table": "documents", "hybrid": True}, headers=AUTH
     ).json()

@@ -257,6 +257,29 @@ def test_segments_for_a_uuid_source_live_beside_the_dores_ones(conn: Any, worker
     assert conn.execute("select count(*) as n from current_segments").fetchone()["n"] == 2
 
 
+def test_a_row_source_gets_hybrid_search_where_rare_words_count_more(
+    conn: Any, worker: Worker, embedder: Any
+) -> None:
+    conn.execute("create table public.chamados (id int primary key, assunto text)")
+    conn.execute(
+        "insert into chamados values (1, 'Cliente reclama da fatura'), (2, 'Cliente pede segunda via do boleto'),"
+        " (3, 'Cliente quer cancelar o contrato'), (4, 'Impressora da recepção sem toner')"
+    )
+    source, _ = add_source(conn, name="chamados", table="public.chamados", text="assunto")
+    assert worker.drain(conn).embedded == 4
+    vector = embedder.embed(["cliente impressora"])[0]
+    # Words alone: "impressora" is in one row, "cliente" in three, so the rare word's row comes first.
+    words = conn.execute(
+        "select id, score from match_chamados_hybrid('cliente impressora', %s, 4, semantic_weight => 0)", (vector,)
+    ).fetchall()
+    assert [row["id"] for row in words][:1] == ["4"] and words[0]["score"] > words[1]["score"] > 0
+    hits = search_source(conn, embedder, source, "cliente quer cancelar", k=2)  # hybrid by default
+    assert hits[0]["id"] == "3" and hits[0]["score"] > hits[1]["score"]
+    assert set(hits[0]) == {"id", "content", "similarity", "score"}
+    remove_source(conn, "chamados")
+    assert conn.execute("select to_regproc('public.match_chamados_hybrid') as f").fetchone()["f"] is None
+
+
 def test_a_chunked_source_gets_hybrid_search_in_its_own_language(conn: Any, worker: Worker, embedder: Any) -> None:
     conn.execute("create table public.tickets_en (id bigint primary key, body text)")
     conn.execute(
