@@ -256,16 +256,20 @@ def _triggers(conn: Connection, source: Source) -> None:
 def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> None:
     """`public.match_NAME`: SECURITY INVOKER (row-level security applies), fixed search_path."""
     function = sql.Identifier("public", source.search_function)
-    attributes = sql.SQL("language sql stable security invoker set search_path from current set hnsw.ef_search = 100")
+    attributes = sql.SQL(
+        "language sql stable security invoker set search_path from current set hnsw.ef_search = 100"
+        " set hnsw.iterative_scan = 'relaxed_order'"
+    )  # a selective filter still finds match_count rows; the results are put back in order
     if source.chunked:
         conn.execute(
             sql.SQL(
                 "create function {function}(query_embedding vector({dim}), match_count int default null,"
                 " filter jsonb default '{{}}')"
                 " returns table (id bigint, content text, metadata jsonb, similarity float)"
-                " {attributes} as $$ select c.id, c.content, c.metadata, 1 - (c.embedding <=> query_embedding)"
-                " from {chunks} c where c.metadata @> filter order by c.embedding <=> query_embedding"
-                " limit match_count $$"
+                " {attributes} as $$ select n.id, n.content, n.metadata, 1 - n.distance from ("
+                "  select c.id, c.content, c.metadata, c.embedding <=> query_embedding as distance"
+                "  from {chunks} c where c.metadata @> filter order by c.embedding <=> query_embedding"
+                "  limit match_count) n order by n.distance $$"
             ).format(function=function, dim=dim, attributes=attributes, chunks=source.chunks)
         )
         _hybrid_function(conn, source, dim, attributes)

@@ -128,3 +128,8 @@ def test_a_selective_filter_still_returns_match_count_chunks(conn: Any, worker: 
     ).fetchall()
     assert len(rows) == 5 and all(r["metadata"]["tipo"] == "raro" for r in rows)
     assert [r["similarity"] for r in rows] == sorted((r["similarity"] for r in rows), reverse=True)
+    hybrid = conn.execute(
+        "select * from match_documents_hybrid('reunião com o cliente', %s, 5, filter => '{\"tipo\": \"raro\"}')",
+        (query,),
+    ).fetchall()
+    assert len(hybrid) == 5 and all(r["metadata"]["tipo"] == "raro" for r in hybrid)
