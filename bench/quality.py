@@ -48,7 +48,7 @@ def ndcg_at_10(ranked: list[str], relevant: dict[str, int]) -> float:
     return dcg / idcg if idcg else 0.0
 
 
-def scifact(url: str, worker: object, data: Path) -> tuple[dict[str, float], float, dict[str, Any]]:
+def scifact(url: str, worker: object, data: Path, rrf_k: int = 20) -> tuple[dict[str, float], float, dict[str, Any]]:
     from pipeline.db import connect
     from pipeline.source_admin import add_source
 
@@ -78,7 +78,10 @@ def scifact(url: str, worker: object, data: Path) -> tuple[dict[str, float], flo
         vectors = worker.embedder.embed([queries[i] for i in ids])  # type: ignore[attr-defined]
         calls = {
             "vector": ("match_scifact(%(v)s, 100)", lambda q, v: {"v": v}),
-            "hybrid": ("match_scifact_hybrid(%(q)s, %(v)s, 100)", lambda q, v: {"q": q, "v": v}),
+            "hybrid": (
+                "match_scifact_hybrid(%(q)s, %(v)s, 100, rrf_k => %(k)s)",
+                lambda q, v: {"q": q, "v": v, "k": rrf_k},
+            ),
         }
         scores: dict[str, list[float]] = defaultdict(list)
         latencies: dict[str, list[float]] = defaultdict(list)
@@ -106,7 +109,7 @@ def scifact(url: str, worker: object, data: Path) -> tuple[dict[str, float], flo
     return {mode: sum(v) / len(v) for mode, v in scores.items()}, time.perf_counter() - started, extra
 
 
-def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str, Any]]:
+def assin2(url: str, worker: object, data: Path, rrf_k: int = 20) -> tuple[float, float, dict[str, Any]]:
     from scipy.stats import spearmanr
 
     from pipeline.db import connect
@@ -132,8 +135,12 @@ def assin2(url: str, worker: object, data: Path) -> tuple[float, float, dict[str
         for t, h, gold in pairs:
             if gold < 4:
                 continue
-            for mode, call in (("vector", "match_dores(%(v)s, 11)"), ("hybrid", "match_dores_hybrid(%(q)s, %(v)s, 11)")):  # noqa: E501
-                found = [r["id"] for r in conn.execute(f"select id from {call}", {"q": t, "v": vectors[t]})]
+            calls = (
+                ("vector", "match_dores(%(v)s, 11)"),
+                ("hybrid", "match_dores_hybrid(%(q)s, %(v)s, 11, rrf_k => %(k)s)"),
+            )
+            for mode, call in calls:
+                found = [r["id"] for r in conn.execute(f"select id from {call}", {"q": t, "v": vectors[t], "k": rrf_k})]
                 ranked = [i for i in found if i != ids[t]][:10]
                 retrieval[mode].append(1 / math.log2(ranked.index(ids[h]) + 2) if ids[h] in ranked else 0.0)
     extra = {
@@ -174,6 +181,8 @@ def main() -> None:
     parser.add_argument(
         "--chunk-tokens", default="", help="SciFact: comma-separated chunk sizes in tokens (default: the model's)"
     )
+    parser.add_argument("--rrf-k", type=int, default=20, help="SciFact, ASSIN 2: the hybrid functions' rrf_k (20)")
+    parser.add_argument("--chunk-overlap", type=float, default=0.15, help="SciFact: share of a chunk repeated (0.15)")
     args = parser.parse_args()
 
     import numpy as np
@@ -185,7 +194,8 @@ def main() -> None:
 
     def fresh_worker(url: str, backend: str, chunk_tokens: int | None = None) -> Any:
         with connect(url) as conn:
-            return prepare_worker(conn, Settings(backend=backend, chunk_tokens=chunk_tokens))
+            settings = Settings(backend=backend, chunk_tokens=chunk_tokens, chunk_overlap=args.chunk_overlap)
+            return prepare_worker(conn, settings)
 
     rows = []
     reference: dict[str, Any] | None = None
@@ -196,7 +206,7 @@ def main() -> None:
                 worker = fresh_worker(url, backend)
                 name, _ = parse_identity(worker.embedder.name)
                 published = PUBLISHED.get(name, {})
-                rho, seconds, extra = assin2(url, worker, args.evaldata)
+                rho, seconds, extra = assin2(url, worker, args.evaldata, args.rrf_k)
             vectors = extra["vectors"]
             agreement = ""
             if reference is None:
@@ -236,10 +246,11 @@ def main() -> None:
                     worker = fresh_worker(url, backend, size)
                     name, _ = parse_identity(worker.embedder.name)
                     published = PUBLISHED.get(name, {})
-                    scores, seconds, extra = scifact(url, worker, args.evaldata)
+                    scores, seconds, extra = scifact(url, worker, args.evaldata, args.rrf_k)
                 rows.append(
                     [
-                        f"SciFact (en), nDCG@10, chunks of {worker.chunk_tokens} tokens", backend,
+                        f"SciFact (en), nDCG@10, chunks of {worker.chunk_tokens} tokens, overlap {args.chunk_overlap}",
+                        backend,
                         f"{scores['vector']:.4f}", f"{scores['hybrid']:.4f}", published.get("scifact", "-"),
                         f"{seconds:.0f}s",
                         f"{extra['documents']} documents, {extra['chunks']} chunks, sync {extra['sync_s']:.0f}s; "
