@@ -49,7 +49,7 @@ class Settings:
     max_document_chars: int = 2_000_000
     """`PIPELINE_MAX_DOCUMENT_CHARS`: longer documents are refused (recorded in pipeline.failed), not chunked."""
     chunk_tokens: int | None = None
-    """`PIPELINE_CHUNK_TOKENS`: tokens per document chunk; unset means the model's window."""
+    """`PIPELINE_CHUNK_TOKENS`: tokens per document chunk; unset means 128, or the model's window if smaller."""
     chunk_overlap: float = 0.15
     """`PIPELINE_CHUNK_OVERLAP`: share of a chunk repeated at the start of the next one."""
     segment_clusters: str = "8"
