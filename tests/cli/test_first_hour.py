@@ -102,3 +102,12 @@ def test_model_download_says_why_it_cannot_when_offline(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "pipeline: error: cannot download some-org/some-model: HF_HUB_OFFLINE is set"
     ]
+
+
+def test_the_demo_searches_with_words_and_meaning_and_finds_the_readmes_dor(db_url: str) -> None:
+    result = run_cli("demo", db_url=db_url, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index('search "clientes faltam às consultas" (words and meaning, RRF score):')
+    assert any("Pacientes faltam às consultas" in line for line in lines[start + 1 : start + 4]), lines[start : start + 4]
+    assert "sync: 199 rows embedded" in result.stdout
