@@ -27,6 +27,10 @@ HALF = (
     "create index dores_embedding_idx on public.dores using hnsw ((embedding::halfvec(384)) halfvec_cosine_ops)"
     " with ({})"
 )
+BITS = (
+    "create index dores_embedding_idx on public.dores using hnsw"
+    " ((binary_quantize(embedding)::bit(384)) bit_hamming_ops) with (m = 16, ef_construction = 64)"
+)
 FTS = (
     "create index dores_fts_idx on public.dores using gin "
     "(to_tsvector('portuguese'::regconfig, pipeline.dor_text(dor_base, solucao_graventum)))"
@@ -44,6 +48,7 @@ def variants() -> dict[str, list[str]]:
         "HNSW m 12, ef_construction 32": [drop, HNSW.format("m = 12, ef_construction = 32")],
         "HNSW m 8, ef_construction 32": [drop, HNSW.format("m = 8, ef_construction = 32")],
         "HNSW halfvec, m 16, ef_construction 64": [drop, HALF.format("m = 16, ef_construction = 64")],
+        "HNSW on binary_quantize (bit, hamming), m 16, ef_construction 64": [drop, BITS],
         "no HNSW index (lower bound)": [drop],
     }
 
