@@ -39,7 +39,8 @@ def search_source(
     if hybrid is None or hybrid:
         available = hybrid_available(conn, source)
         if hybrid and not available:
-            raise InputError(f"hybrid search is not available for source {source.name} (run `pipeline migrate`)")
+            missing = f"public.{source.search_function}_hybrid"
+            raise InputError(f"hybrid search is not available for source {source.name} (no {missing})")
         hybrid = available
     function = source.search_function + ("_hybrid" if hybrid else "")
     vector = _query_vector(embedder, text, k)
