@@ -13,6 +13,7 @@ import psycopg
 
 from pipeline.db import Connection, register_vector, translate_errors
 from pipeline.errors import MigrationError
+from pipeline.source_admin import refresh_search_functions
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
                         " on conflict (key) do update set value = excluded.value, updated_at = now()",
                         (f"repeatable:{migration.name}", migration.checksum),
                     )
+            refresh_search_functions(conn)  # sources added by `source add` get this version's search functions
             unknown = sorted(set(applied) - {m.name for m in migrations})
             if unknown:
                 logger.warning("the database has migrations this code does not know: %s", ", ".join(unknown))

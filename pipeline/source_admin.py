@@ -8,6 +8,7 @@ and queues the rows already there. Either all of it happens or none of it.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -17,6 +18,11 @@ from psycopg import sql
 from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError
 from pipeline.sources import Source, load_sources
+
+logger = logging.getLogger(__name__)
+
+BUILT_IN_FUNCTIONS = ("match_dores", "match_documents")
+"""Search functions of the sources that come with the schema (sql/repeatable/functions.sql)."""
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*\s*$")
@@ -156,12 +162,7 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
     table, name = source.table, source.name
     key = sql.Identifier(source.key_column)
     dim = sql.SQL(str(int(dimension)))
-    vector_schema = conn.execute(
-        "select extnamespace::regnamespace::text as s from pg_extension where extname = 'vector'"
-    ).fetchone()["s"]
-    path = f"pg_catalog, public, {vector_schema}"
-    conn.execute("select set_config('search_path', %s, true)", (path,))
-    conn.execute("select '[1]'::vector is not null")  # load pgvector, so that hnsw.ef_search can be set below
+    _pin_search_path(conn)
     if "embedding" in columns and not columns["embedding"].startswith("vector"):
         raise InputError(f"{source.qualified} has a column `embedding` of type {columns['embedding']}")
     extra = [
@@ -207,6 +208,38 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
         )
     _triggers(conn, source)
     _search_function(conn, source, dim)
+
+
+def _pin_search_path(conn: Connection) -> None:
+    """For this transaction, the search_path the functions created next keep (`set search_path from
+    current`): the catalog, public and pgvector's schema; and pgvector loaded, so that its settings
+    (hnsw.ef_search) can be attached to them."""
+    vector_schema = conn.execute(
+        "select extnamespace::regnamespace::text as s from pg_extension where extname = 'vector'"
+    ).fetchone()["s"]
+    conn.execute("select set_config('search_path', %s, true)", (f"pg_catalog, public, {vector_schema}",))
+    conn.execute("select '[1]'::vector is not null")
+
+
+def refresh_search_functions(conn: Connection) -> list[str]:
+    """Give the sources added with `source add` this version's search functions (`migrate` runs it).
+
+    `create or replace` keeps each function's owner and grants; a source whose functions this role may
+    not replace keeps them, with a warning. Returns the names of the sources refreshed.
+    """
+    refreshed = []
+    for source in load_sources(conn):
+        if source.search_function in BUILT_IN_FUNCTIONS:
+            continue
+        try:
+            with conn.transaction():
+                _pin_search_path(conn)
+                _search_function(conn, source, sql.SQL(str(int(_dimension(conn)))))
+        except psycopg.Error as exc:
+            logger.warning("source %s keeps its search functions: %s", source.name, str(exc).strip().splitlines()[0])
+            continue
+        refreshed.append(source.name)
+    return refreshed
 
 
 def _close_to_api_roles(conn: Connection, table: sql.Composable) -> None:
@@ -263,7 +296,7 @@ def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> N
     if source.chunked:
         conn.execute(
             sql.SQL(
-                "create function {function}(query_embedding vector({dim}), match_count int default null,"
+                "create or replace function {function}(query_embedding vector({dim}), match_count int default null,"
                 " filter jsonb default '{{}}')"
                 " returns table (id bigint, content text, metadata jsonb, similarity float)"
                 " {attributes} as $$ select n.id, n.content, n.metadata, 1 - n.distance from ("
@@ -276,7 +309,7 @@ def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> N
         return
     conn.execute(
         sql.SQL(
-            "create function {function}(query_embedding vector({dim}), match_count int default 10)"
+            "create or replace function {function}(query_embedding vector({dim}), match_count int default 10)"
             " returns table (id text, content text, similarity float)"
             " {attributes} as $$ select t.{key}::text, ({text})::text, 1 - (t.embedding <=> query_embedding)"
             " from {table} t where t.embedding is not null order by t.embedding <=> query_embedding"
@@ -310,8 +343,9 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
         returns = sql.SQL("id text, content text, similarity float, score float")
     conn.execute(
         sql.SQL(
-            "create function {function}(query_text text, query_embedding vector({dim}), match_count int default 10,"
-            " {signature}full_text_weight float default 1, semantic_weight float default 1, rrf_k int default 20)"
+            "create or replace function {function}(query_text text, query_embedding vector({dim}),"
+            " match_count int default 10, {signature}full_text_weight float default 1,"
+            " semantic_weight float default 1, rrf_k int default 20)"
             " returns table ({returns}) {attributes} as $$"
             " with words as (select quote_literal(w)::tsquery as q"
             "  from unnest(tsvector_to_array(to_tsvector({language}::regconfig, query_text))) w),"
@@ -345,7 +379,7 @@ def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) ->
     """Take a source out: its triggers, queue and failed rows, search function, chunks; with
     `drop_columns`, the vector columns it added to a row source's table."""
     (source,) = load_sources(conn, [name])
-    if source.search_function in ("match_dores", "match_documents"):
+    if source.search_function in BUILT_IN_FUNCTIONS:
         raise InputError(f"{name} comes with the schema and cannot be removed")
     with translate_errors(), conn.transaction():
         exists = conn.execute("select to_regclass(%s) as t", (source.qualified,)).fetchone()["t"] is not None

@@ -297,3 +297,31 @@ def test_a_chunked_source_gets_hybrid_search_in_its_own_language(conn: Any, work
     assert conn.execute("select count(*) as n from tickets_en_chunks where fts @@ to_tsquery('english', 'jam')").fetchone()["n"] == 1
     remove_source(conn, "tickets_en")
     assert conn.execute("select to_regproc('public.match_tickets_en_hybrid') as f").fetchone()["f"] is None
+
+
+def test_migrate_gives_older_sources_the_new_search_functions_and_keeps_their_grants(
+    conn: Any, worker: Worker, embedder: Any
+) -> None:
+    from pipeline.migrations import migrate
+
+    conn.execute(TICKETS)
+    conn.execute("insert into tickets (titulo) values ('Impressora sem toner'), ('Cliente quer cancelar')")
+    add_source(conn, name="tickets", table="tickets", text="titulo")
+    worker.drain(conn)
+    # As a source added by an older version: no hybrid function, and an owner's revoke on match_tickets.
+    conn.execute("drop function public.match_tickets_hybrid")
+    reader = f"reader_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"create role {reader}")
+    conn.execute("revoke execute on function public.match_tickets(vector, int) from public")
+    conn.execute("create table public.gone (id int primary key, t text)")
+    add_source(conn, name="gone", table="gone", text="t")
+    conn.execute("drop table gone")  # its functions cannot be recreated: migrate goes on without them
+    migrate(conn)
+    (source,) = load_sources(conn, ["tickets"])
+    hits = search_source(conn, embedder, source, "impressora", k=1)
+    assert hits[0]["content"] == "Impressora sem toner" and hits[0]["score"] != hits[0]["similarity"]
+    allowed = conn.execute(
+        "select has_function_privilege(%s, 'public.match_tickets(vector, int)', 'execute') as ok", (reader,)
+    ).fetchone()["ok"]
+    conn.execute(f"drop role {reader}")
+    assert allowed is False
