@@ -329,15 +329,18 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
     owner's expression could make the owner's own writes fail (an expression that raises for a row)."""
     language = sql.Literal(source.language)
     if source.chunked:
-        table, document, searched = source.chunks, sql.SQL("t.fts"), sql.SQL("t.metadata @> filter")
+        table, document = source.chunks, sql.SQL("t.fts")
+        detoasted = sql.SQL("t.fts || ''::tsvector")  # read once, not once per query word
+        searched = sql.SQL("t.metadata @> filter")
+        words_searched = sql.SQL("(filter = '{}'::jsonb or t.metadata @> filter)")
         key, content = sql.SQL("t.id"), sql.SQL("t.content, t.metadata")
         signature = sql.SQL("filter jsonb default '{}', ")
         returns = sql.SQL("id bigint, content text, metadata jsonb, similarity float, score float")
     else:
         text = sql.SQL("({})::text").format(sql.SQL(source.text_expression))
         table = source.table
-        document = sql.SQL("to_tsvector({}::regconfig, {})").format(language, text)
-        searched = sql.SQL("t.embedding is not null")
+        document = detoasted = sql.SQL("to_tsvector({}::regconfig, {})").format(language, text)
+        searched = words_searched = sql.SQL("t.embedding is not null")
         key, content = sql.SQL("t.{}").format(sql.Identifier(source.key_column)), text
         signature = sql.SQL("")
         returns = sql.SQL("id text, content text, similarity float, score float")
@@ -349,14 +352,14 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
             " returns table ({returns}) {attributes} as $$"
             " with words as (select quote_literal(w)::tsquery as q"
             "  from unnest(tsvector_to_array(to_tsvector({language}::regconfig, query_text))) w),"
-            " searched as (select count(*) as n from {table} t where {searched}),"
-            " weighted as (select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf"
+            " matching as materialized (select {key} as key, {detoasted} as fts from {table} t"
+            "  where {document} @@ (select string_agg(q::text, ' | ')::tsquery from words) and {words_searched}),"
+            " searched as materialized (select count(*) as n from {table} t where {words_searched}),"
+            " weighted as materialized (select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf"
             "  from words w cross join searched s"
-            "  cross join lateral (select count(*) as n from {table} t where {document} @@ w.q and {searched}) df"
-            "  where df.n > 0),"
-            " full_text as (select {key} as key, row_number() over (order by m.idf desc, {key}) as rank_ix"
-            "  from {table} t cross join lateral (select sum(w.idf) as idf from weighted w where {document} @@ w.q) m"
-            "  where {document} @@ (select string_agg(q::text, ' | ')::tsquery from weighted) and {searched}"
+            "  cross join lateral (select count(*) as n from matching m where m.fts @@ w.q) df where df.n > 0),"
+            " full_text as (select m.key, row_number() over (order by r.idf desc, m.key) as rank_ix from matching m"
+            "  cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r"
             "  order by rank_ix limit greatest(match_count, 60)),"
             " semantic as (select n.key, row_number() over (order by n.distance, n.key) as rank_ix"
             "  from (select {key} as key, t.embedding <=> query_embedding as distance from {table} t where {searched}"
@@ -370,7 +373,8 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
         ).format(
             function=sql.Identifier("public", f"{source.search_function}_hybrid"), dim=dim, attributes=attributes,
             signature=signature, returns=returns, language=language, key=key, document=document, table=table,
-            searched=searched, content=content, cast=sql.SQL("" if source.chunked else "::text"),
+            searched=searched, words_searched=words_searched, detoasted=detoasted, content=content,
+            cast=sql.SQL("" if source.chunked else "::text"),
         )
     )  # fmt: skip
 

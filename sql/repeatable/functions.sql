@@ -272,12 +272,12 @@ as $$
         select quote_literal(w)::tsquery as q
         from unnest(tsvector_to_array(to_tsvector('portuguese', query_text))) w
     ),
-    searched as (
+    searched as materialized (
         select count(*) as n
         from public.dores d
         where d.embedding is not null and (filter_segmento is null or d.segmento = filter_segmento)
     ),
-    weighted as (
+    weighted as materialized (
         select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf
         from words w cross join searched s
         cross join lateral (
@@ -298,7 +298,8 @@ as $$
     ),
     full_text as (
         select m.id, row_number() over (order by r.idf desc, m.id) as rank_ix
-        from matching m cross join lateral (select sum(w.idf) as idf from weighted w where m.fts @@ w.q) r
+        from matching m
+        cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r
         order by rank_ix
         limit greatest(match_count, 60)
     ),
@@ -371,22 +372,26 @@ as $$
         select quote_literal(w)::tsquery as q
         from unnest(tsvector_to_array(to_tsvector('portuguese', query_text))) w
     ),
-    searched as (
-        select count(*) as n from public.document_chunks c where c.metadata @> filter
+    -- Each chunk's words are read once (a detoasted copy), not once per query word.
+    matching as materialized (
+        select c.id, c.fts || ''::tsvector as fts
+        from public.document_chunks c
+        where c.fts @@ (select string_agg(q::text, ' | ')::tsquery from words)
+          and (filter = '{}'::jsonb or c.metadata @> filter)
     ),
-    weighted as (
+    searched as materialized (
+        select count(*) as n from public.document_chunks c where filter = '{}'::jsonb or c.metadata @> filter
+    ),
+    weighted as materialized (
         select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf
         from words w cross join searched s
-        cross join lateral (
-            select count(*) as n from public.document_chunks c where c.fts @@ w.q and c.metadata @> filter
-        ) df
+        cross join lateral (select count(*) as n from matching m where m.fts @@ w.q) df
         where df.n > 0
     ),
     full_text as (
-        select c.id, row_number() over (order by r.idf desc, c.id) as rank_ix
-        from public.document_chunks c
-        cross join lateral (select sum(w.idf) as idf from weighted w where c.fts @@ w.q) r
-        where c.fts @@ (select string_agg(q::text, ' | ')::tsquery from weighted) and c.metadata @> filter
+        select m.id, row_number() over (order by r.idf desc, m.id) as rank_ix
+        from matching m
+        cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r
         order by rank_ix
         limit greatest(match_count, 60)
     ),

@@ -96,7 +96,9 @@ def test_reembed_embed_search_and_status_with_the_onnx_backend(db_url: str, onnx
     assert json.loads(switched.stdout.splitlines()[-1])["embedded"] == 3
     status = json.loads(run_cli("status", "--json", db_url=db_url, **data).stdout)
     assert status["model"] == BUNDLED_MODEL and status["backend"] == "onnx-int8"
-    found = run_cli("search", "mercadoria em falta na prateleira", "-k", "1", "--json", db_url=db_url, **data)
+    found = run_cli(
+        "search", "mercadoria em falta na prateleira", "-k", "1", "--vector-only", "--json", db_url=db_url, **data
+    )
     assert found.returncode == 0, found.stderr
     assert "estoque" in json.loads(found.stdout)[0]["dor_base"]
     with connect(db_url) as conn:
