@@ -157,7 +157,7 @@ def ensure_vector(conn: Connection) -> None:
 
 def pending(conn: Connection, directory: Path | None = None) -> list[str]:
     """Names of migrations not yet applied (all of them on a database never migrated), and of repeatable
-    files that changed since the last `migrate` (`repeatable/functions.sql`)."""
+    files that are new or changed since the last `migrate` (`repeatable/functions.sql`, ...)."""
     names = [m.name for m in load(directory)]
     with translate_errors():
         exists = conn.execute("select to_regclass('pipeline.migrations') is not null as ok").fetchone()

@@ -22,7 +22,7 @@ from pipeline.sources import Source, load_sources
 logger = logging.getLogger(__name__)
 
 BUILT_IN_FUNCTIONS = ("match_dores", "match_documents")
-"""Search functions of the sources that come with the schema (sql/repeatable/functions.sql)."""
+"""Search functions of the sources that come with the schema (sql/repeatable/)."""
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*\s*$")
@@ -227,14 +227,14 @@ def refresh_search_functions(conn: Connection) -> list[str]:
     `create or replace` keeps each function's owner and grants; a source whose functions this role may
     not replace keeps them, with a warning. Returns the names of the sources refreshed.
     """
+    added = [s for s in load_sources(conn) if s.search_function not in BUILT_IN_FUNCTIONS]
+    dim = sql.SQL(str(int(_dimension(conn)))) if added else sql.SQL("")
     refreshed = []
-    for source in load_sources(conn):
-        if source.search_function in BUILT_IN_FUNCTIONS:
-            continue
+    for source in added:
         try:
             with conn.transaction():
                 _pin_search_path(conn)
-                _search_function(conn, source, sql.SQL(str(int(_dimension(conn)))))
+                _search_function(conn, source, dim)
         except psycopg.Error as exc:
             logger.warning("source %s keeps its search functions: %s", source.name, str(exc).strip().splitlines()[0])
             continue

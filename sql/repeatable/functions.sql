@@ -247,12 +247,10 @@ begin
 end
 $$;
 
--- Words and meaning together. The full-text side ranks the dores that share any of the query's Portuguese
--- stems by the sum of those stems' inverse document frequency (BM25's weight, counted among the rows
--- searched): a rare word that matches counts for more than a common one ("faltam" over "clientes"). The
--- vector side ranks by cosine. Each ranks 60 rows (or match_count, if more); reciprocal rank fusion orders the union:
--- `score` = sum of weight / (rrf_k + rank). `similarity` is the cosine, as in match_dores. With a segment
--- filter, pgvector's iterative index scan keeps going until enough rows of that segment are found.
+-- Words and meaning together: the dores that share the query's words (Portuguese stems, any of them, ranked
+-- by cover density) fused with the nearest vectors by reciprocal rank fusion. `score` orders the results;
+-- `similarity` is the cosine, as in match_dores. With a segment filter, pgvector's iterative index scan
+-- keeps going until enough rows of that segment are found.
 create or replace function public.match_dores_hybrid(
     query_text text,
     query_embedding vector(384),
@@ -260,7 +258,7 @@ create or replace function public.match_dores_hybrid(
     filter_segmento int default null,
     full_text_weight float default 1,
     semantic_weight float default 1,
-    rrf_k int default 20
+    rrf_k int default 50
 )
 returns table (id bigint, dor_base text, solucao_graventum text, segmento int, similarity float, score float)
 language sql stable security invoker
@@ -268,49 +266,29 @@ set search_path from current
 set hnsw.ef_search = 100
 set hnsw.iterative_scan = 'relaxed_order'
 as $$
-    with words as (
-        select quote_literal(w)::tsquery as q
-        from unnest(tsvector_to_array(to_tsvector('portuguese', query_text))) w
-    ),
-    searched as materialized (
-        select count(*) as n
-        from public.dores d
-        where d.embedding is not null and (filter_segmento is null or d.segmento = filter_segmento)
-    ),
-    weighted as materialized (
-        select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf
-        from words w cross join searched s
-        cross join lateral (
-            select count(*) as n
-            from public.dores d
-            where to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)) @@ w.q
-              and d.embedding is not null and (filter_segmento is null or d.segmento = filter_segmento)
-        ) df
-        where df.n > 0
-    ),
-    matching as materialized (
-        select d.id, to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)) as fts
-        from public.dores d
-        where to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum))
-              @@ (select string_agg(q::text, ' | ')::tsquery from weighted)
-          and d.embedding is not null
-          and (filter_segmento is null or d.segmento = filter_segmento)
+    with query as (
+        select nullif(replace(plainto_tsquery('portuguese', query_text)::text, ' & ', ' | '), '')::tsquery as words
     ),
     full_text as (
-        select m.id, row_number() over (order by r.idf desc, m.id) as rank_ix
-        from matching m
-        cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r
+        select d.id,
+               row_number() over (order by ts_rank_cd(
+                   to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)), q.words
+               ) desc) as rank_ix
+        from public.dores d, query q
+        where to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)) @@ q.words
+          and d.embedding is not null
+          and (filter_segmento is null or d.segmento = filter_segmento)
         order by rank_ix
-        limit greatest(match_count, 60)
+        limit least(match_count, 30) * 2
     ),
     semantic as (
-        select n.id, row_number() over (order by n.distance, n.id) as rank_ix
+        select n.id, row_number() over (order by n.distance) as rank_ix
         from (
             select d.id, d.embedding <=> query_embedding as distance
             from public.dores d
             where d.embedding is not null and (filter_segmento is null or d.segmento = filter_segmento)
             order by d.embedding <=> query_embedding
-            limit greatest(match_count, 60)
+            limit least(match_count, 30) * 2
         ) n
     )
     select d.id, d.dor_base, d.solucao_graventum, d.segmento,
@@ -350,60 +328,35 @@ as $$
     order by n.distance
 $$;
 
--- The same fusion for document chunks: the chunks' Portuguese full text (stored column `fts`), ranked by the
--- summed inverse document frequency of the query's stems they contain, and the vectors; a `filter` on the
--- metadata applies to both sides.
 create or replace function public.match_documents_hybrid(
     query_text text,
     query_embedding vector(384),
     match_count int default 10,
     full_text_weight float default 1,
     semantic_weight float default 1,
-    rrf_k int default 20,
+    rrf_k int default 50,
     filter jsonb default '{}'
 )
 returns table (id bigint, content text, metadata jsonb, similarity float, score float)
 language sql stable security invoker
 set search_path from current
 set hnsw.ef_search = 100
-set hnsw.iterative_scan = 'relaxed_order'
 as $$
-    with words as (
-        select quote_literal(w)::tsquery as q
-        from unnest(tsvector_to_array(to_tsvector('portuguese', query_text))) w
-    ),
-    -- Each chunk's words are read once (a detoasted copy), not once per query word.
-    matching as materialized (
-        select c.id, c.fts || ''::tsvector as fts
+    with full_text as (
+        select c.id,
+               row_number() over (order by ts_rank_cd(c.fts, websearch_to_tsquery('portuguese', query_text)) desc) as rank_ix
         from public.document_chunks c
-        where c.fts @@ (select string_agg(q::text, ' | ')::tsquery from words)
-          and (filter = '{}'::jsonb or c.metadata @> filter)
-    ),
-    searched as materialized (
-        select count(*) as n from public.document_chunks c where filter = '{}'::jsonb or c.metadata @> filter
-    ),
-    weighted as materialized (
-        select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf
-        from words w cross join searched s
-        cross join lateral (select count(*) as n from matching m where m.fts @@ w.q) df
-        where df.n > 0
-    ),
-    full_text as (
-        select m.id, row_number() over (order by r.idf desc, m.id) as rank_ix
-        from matching m
-        cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r
+        where c.fts @@ websearch_to_tsquery('portuguese', query_text)
+          and c.metadata @> filter
         order by rank_ix
-        limit greatest(match_count, 60)
+        limit least(match_count, 30) * 2
     ),
     semantic as (
-        select n.id, row_number() over (order by n.distance, n.id) as rank_ix
-        from (
-            select c.id, c.embedding <=> query_embedding as distance
-            from public.document_chunks c
-            where c.metadata @> filter
-            order by c.embedding <=> query_embedding
-            limit greatest(match_count, 60)
-        ) n
+        select c.id, row_number() over (order by c.embedding <=> query_embedding) as rank_ix
+        from public.document_chunks c
+        where c.metadata @> filter
+        order by c.embedding <=> query_embedding
+        limit least(match_count, 30) * 2
     )
     select c.id, c.content, c.metadata,
            1 - (c.embedding <=> query_embedding) as similarity,
@@ -412,8 +365,8 @@ as $$
     from full_text
     full outer join semantic on full_text.id = semantic.id
     join public.document_chunks c on c.id = coalesce(full_text.id, semantic.id)
-    order by score desc, similarity desc
-    limit match_count
+    order by score desc
+    limit least(match_count, 30)
 $$;
 
 -- classifiers ---------------------------------------------------------------------------------------
