@@ -68,6 +68,10 @@ class Settings:
     """`PIPELINE_API_MAX_CHARS`: characters per text in an HTTP call."""
     api_max_body: int = 2_000_000
     """`PIPELINE_API_MAX_BODY`: bytes per HTTP request body."""
+    max_unindexed: int = 10_000
+    """`PIPELINE_MAX_UNINDEXED`: most vectors of a row source that may wait for the vector index. The worker
+    writes new vectors beside the index and moves them into it when nothing is left to embed; searches scan
+    the waiting ones exactly meanwhile. Past this many, vectors go into the index at once (0: always)."""
     bulk_index_from: int = 50_000
     """`PIPELINE_BULK_INDEX_FROM`: a backfill with this many rows queued for a source that has almost nothing
     embedded sets its vector index aside and builds it after the write (0: never)."""
@@ -99,6 +103,8 @@ class Settings:
         for name in ("batch_size", "claim_size", "max_attempts", "max_chars", "max_document_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_unindexed < 0:
+            raise ConfigError(f"max_unindexed must not be negative, got {self.max_unindexed}")
         if self.retry_delay < 0:
             raise ConfigError(f"retry_delay must not be negative, got {self.retry_delay}")
         if self.interval <= 0:

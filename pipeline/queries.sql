@@ -75,6 +75,21 @@ on conflict (key) do update set value = excluded.value, updated_at = now()
 select count(*) as n from pipeline.queue
 where (%(sources)s::text[] is null or source = any(%(sources)s::text[])) and next_attempt_at <= now()
 
+-- any_ready --
+select exists (
+    select 1 from pipeline.queue
+    where (%(sources)s::text[] is null or source = any(%(sources)s::text[])) and next_attempt_at <= now()
+) as ready
+
+-- has_vector_index --
+-- Whether a table has a valid HNSW or IVFFlat index (not while a bulk write has set it aside).
+select exists (
+    select 1 from pg_index i
+    join pg_class c on c.oid = i.indexrelid
+    join pg_am am on am.oid = c.relam
+    where i.indrelid = to_regclass(%(table)s) and am.amname in ('hnsw', 'ivfflat') and i.indisvalid
+) as indexed
+
 -- status_lag --
 select source, pending, extract(epoch from oldest_pending_age)::float as oldest_pending_s, failed, other_model
 from pipeline.lag
@@ -231,7 +246,13 @@ select s.*,
              and a.attname = any(s.metadata_columns) and a.atttypid = 'jsonb'::regtype
        ), '{}') as jsonb_metadata,
        exists (select 1 from pipeline.classifiers c where c.source = s.name and c.active_version is not null)
-           as classified
+           as classified,
+       -- a row source whose vectors can wait for the vector index (migration 0010, `source add`)
+       s.kind = 'row' and exists (
+           select 1 from pg_catalog.pg_attribute a
+           where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
+             and a.attname = 'embedding_unindexed' and not a.attisdropped
+       ) as deferred
 from pipeline.sources s
 where %(names)s::text[] is null or s.name = any(%(names)s::text[])
 order by s.created_at, s.name

@@ -61,6 +61,7 @@ def search_source(
         )
         statement = sql.SQL("select * from {}({})").format(sql.Identifier("public", function), named)
         rows = conn.execute(statement, args).fetchall()
+
     def score(row: dict[str, Any]) -> float:
         return round(float(row["score"]), 6) if hybrid else round(float(row["similarity"]), 4)
 

@@ -233,7 +233,7 @@ def _kmeans(vectors: np.ndarray, k: int, init: np.ndarray | None) -> np.ndarray:
 def _read_rows(conn: Connection, source: Source) -> tuple[list[str], np.ndarray, list[str]]:
     """Keys, unit vectors and texts of every embedded row of `source`, streamed from a server-side cursor."""
     n = conn.execute(
-        sql.SQL("select count(*) as n from {} where embedding is not null").format(source.table)
+        sql.SQL("select count(*) as n from {} t where {} is not null").format(source.table, source.vector)
     ).fetchone()["n"]
     keys: list[str] = []
     vectors = None
@@ -388,8 +388,8 @@ def _first_fit(conn: Connection, table: Source, rows: int) -> bool:
     if rows < DEFER_INDEX_FROM:
         return False
     unassigned = conn.execute(
-        sql.SQL("select count(*) as n from {} where embedding is not null and {} is null").format(
-            table.table, sql.Identifier(table.segment_column or "segmento")
+        sql.SQL("select count(*) as n from {} t where {} is not null and t.{} is null").format(
+            table.table, table.vector, sql.Identifier(table.segment_column or "segmento")
         )
     ).fetchone()["n"]
     return int(unassigned) >= DEFER_INDEX_FROM

@@ -8,6 +8,7 @@ and queues the rows already there. Either all of it happens or none of it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Any
@@ -98,6 +99,7 @@ def add_source(
             chunk_table=f"{name}_chunks" if chunked else None,
             chunk_key_column=f"{name}_key" if chunked else None,
             metadata_columns=tuple(metadata),
+            deferred=not chunked,
         )
         chunk_table = f"{info['schema']}.{name}_chunks"
         if chunked and conn.execute("select to_regclass(%s) as t", (chunk_table,)).fetchone()["t"]:
@@ -206,8 +208,22 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
                 sql.Identifier(f"{name}_embedding_idx"), table
             )
         )
+        _unindexed_column(conn, source, dim)
     _triggers(conn, source)
     _search_function(conn, source, dim)
+
+
+def _unindexed_column(conn: Connection, source: Source, dim: sql.Composable) -> None:
+    """`embedding_unindexed`, where new vectors wait for the vector index (migration 0010 does the same for
+    dores), and the partial index that finds them."""
+    conn.execute(
+        sql.SQL("alter table {} add column if not exists embedding_unindexed vector({})").format(source.table, dim)
+    )
+    conn.execute(
+        sql.SQL("create index if not exists {} on {} ({}) where embedding_unindexed is not null").format(
+            sql.Identifier(f"{source.name}_embedding_unindexed_idx"), source.table, sql.Identifier(source.key_column)
+        )
+    )
 
 
 def _pin_search_path(conn: Connection) -> None:
@@ -222,7 +238,8 @@ def _pin_search_path(conn: Connection) -> None:
 
 
 def refresh_search_functions(conn: Connection) -> list[str]:
-    """Give the sources added with `source add` this version's search functions (`migrate` runs it).
+    """Give the sources added with `source add` this version's search functions (`migrate` runs it), and
+    a row source's table the column where vectors wait for the index, if it lacks it.
 
     `create or replace` keeps each function's owner and grants; a source whose functions this role may
     not replace keeps them, with a warning. Returns the names of the sources refreshed.
@@ -234,6 +251,9 @@ def refresh_search_functions(conn: Connection) -> list[str]:
         try:
             with conn.transaction():
                 _pin_search_path(conn)
+                if not source.chunked and not source.deferred:
+                    _unindexed_column(conn, source, dim)
+                    source = dataclasses.replace(source, deferred=True)
                 _search_function(conn, source, dim)
         except psycopg.Error as exc:
             logger.warning("source %s keeps its search functions: %s", source.name, str(exc).strip().splitlines()[0])
@@ -307,18 +327,24 @@ def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> N
         )
         _hybrid_function(conn, source, dim, attributes)
         return
+    parts = {"key": sql.Identifier(source.key_column), "text": sql.SQL(source.text_expression), "table": source.table}
+    nearest = sql.SQL(
+        "select t.{key}::text as key, ({text})::text as content, t.embedding <=> query_embedding as distance"
+        " from {table} t where t.embedding is not null order by t.embedding <=> query_embedding limit match_count"
+    ).format(**parts)
+    if source.deferred:  # and the nearest of the vectors that wait for the index, scanned exactly
+        nearest = sql.SQL(
+            "({}) union all (select t.{key}::text, ({text})::text, t.embedding_unindexed <=> query_embedding"
+            " from {table} t where t.embedding_unindexed is not null order by 3 limit match_count)"
+        ).format(nearest, **parts)
     conn.execute(
         sql.SQL(
             "create or replace function {function}(query_embedding vector({dim}), match_count int default 10)"
             " returns table (id text, content text, similarity float)"
-            " {attributes} as $$ select t.{key}::text, ({text})::text, 1 - (t.embedding <=> query_embedding)"
-            " from {table} t where t.embedding is not null order by t.embedding <=> query_embedding"
-            " limit match_count $$"
-        ).format(
-            function=function, dim=dim, attributes=attributes, key=sql.Identifier(source.key_column),
-            text=sql.SQL(source.text_expression), table=source.table,
-        )
-    )  # fmt: skip
+            " {attributes} as $$ select n.key, n.content, 1 - n.distance from ({nearest}) n"
+            " order by n.distance, n.key limit match_count $$"
+        ).format(function=function, dim=dim, attributes=attributes, nearest=nearest)
+    )
     _hybrid_function(conn, source, dim, attributes)
 
 
@@ -331,19 +357,31 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
     if source.chunked:
         table, document = source.chunks, sql.SQL("t.fts")
         detoasted = sql.SQL("t.fts || ''::tsvector")  # read once, not once per query word
-        searched = sql.SQL("t.metadata @> filter")
+        indexed = sql.SQL("t.metadata @> filter")
         words_searched = sql.SQL("(filter = '{}'::jsonb or t.metadata @> filter)")
         key, content = sql.SQL("t.id"), sql.SQL("t.content, t.metadata")
         signature = sql.SQL("filter jsonb default '{}', ")
         returns = sql.SQL("id bigint, content text, metadata jsonb, similarity float, score float")
+        vector = sql.SQL("t.embedding")
     else:
         text = sql.SQL("({})::text").format(sql.SQL(source.text_expression))
         table = source.table
         document = detoasted = sql.SQL("to_tsvector({}::regconfig, {})").format(language, text)
-        searched = words_searched = sql.SQL("t.embedding is not null")
+        vector = sql.SQL("coalesce(t.embedding, t.embedding_unindexed)" if source.deferred else "t.embedding")
+        words_searched = sql.SQL("{} is not null").format(vector)
+        indexed = sql.SQL("t.embedding is not null")
         key, content = sql.SQL("t.{}").format(sql.Identifier(source.key_column)), text
         signature = sql.SQL("")
         returns = sql.SQL("id text, content text, similarity float, score float")
+    nearest = sql.SQL(
+        "select {key} as key, t.embedding <=> query_embedding as distance from {table} t where {searched}"
+        " order by t.embedding <=> query_embedding limit greatest(match_count, 60)"
+    ).format(key=key, table=table, searched=indexed)
+    if source.deferred:  # and the nearest of the vectors that wait for the index, scanned exactly
+        nearest = sql.SQL(
+            "({}) union all (select {} as key, t.embedding_unindexed <=> query_embedding from {} t"
+            " where t.embedding_unindexed is not null order by 2 limit greatest(match_count, 60))"
+        ).format(nearest, key, table)
     conn.execute(
         sql.SQL(
             "create or replace function {function}(query_text text, query_embedding vector({dim}),"
@@ -362,9 +400,8 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
             "  cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r"
             "  order by rank_ix limit greatest(match_count, 60)),"
             " semantic as (select n.key, row_number() over (order by n.distance, n.key) as rank_ix"
-            "  from (select {key} as key, t.embedding <=> query_embedding as distance from {table} t where {searched}"
-            "  order by t.embedding <=> query_embedding limit greatest(match_count, 60)) n)"
-            " select {key}{cast}, {content}, 1 - (t.embedding <=> query_embedding) as similarity,"
+            "  from ({nearest}) n order by n.distance, n.key limit greatest(match_count, 60))"
+            " select {key}{cast}, {content}, 1 - ({vector} <=> query_embedding) as similarity,"
             "  coalesce(1.0 / (rrf_k + full_text.rank_ix), 0.0) * full_text_weight"
             "  + coalesce(1.0 / (rrf_k + semantic.rank_ix), 0.0) * semantic_weight as score"
             " from full_text full outer join semantic on full_text.key = semantic.key"
@@ -373,7 +410,7 @@ def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attr
         ).format(
             function=sql.Identifier("public", f"{source.search_function}_hybrid"), dim=dim, attributes=attributes,
             signature=signature, returns=returns, language=language, key=key, document=document, table=table,
-            searched=searched, words_searched=words_searched, detoasted=detoasted, content=content,
+            words_searched=words_searched, detoasted=detoasted, content=content, vector=vector, nearest=nearest,
             cast=sql.SQL("" if source.chunked else "::text"),
         )
     )  # fmt: skip
@@ -400,7 +437,9 @@ def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) ->
         if source.chunked:
             conn.execute(sql.SQL("drop table if exists {}").format(source.chunks))
         if drop_columns and exists:
-            columns = ["embedding_model", "content_hash", "embedded_at"] + ([] if source.chunked else ["embedding"])
+            columns = ["embedding_model", "content_hash", "embedded_at"]
+            if not source.chunked:
+                columns += ["embedding", "embedding_unindexed"]
             conn.execute(
                 sql.SQL("alter table {} {}").format(
                     source.table,

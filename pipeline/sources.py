@@ -41,6 +41,7 @@ class Source:
     jsonb_metadata: tuple[str, ...] = ()  # the metadata columns of type jsonb: merged, not nested
     segment_column: str | None = None
     classified: bool = False  # it has an active classifier: the worker scores the rows it embeds
+    deferred: bool = False  # a row source with `embedding_unindexed`: new vectors may wait for the vector index
 
     @property
     def table(self) -> sql.Composable:
@@ -59,8 +60,14 @@ class Source:
     def chunked(self) -> bool:
         return self.kind == "chunked"
 
+    @property
+    def vector(self) -> sql.Composable:
+        """The row's vector in a query that calls the table `t`, wherever it is (waiting for the index or not)."""
+        return self._parts()["vector"]
+
     def _parts(self) -> dict[str, sql.Composable]:
         return {
+            "vector": sql.SQL("coalesce(t.embedding, t.embedding_unindexed)" if self.deferred else "t.embedding"),
             "table": self.table,
             "key": sql.Identifier(self.key_column),
             "key_type": sql.SQL(self.key_type),
@@ -72,20 +79,22 @@ class Source:
 
     def read_query(self) -> sql.Composed:
         """Texts, hashes and whether each is already embedded, for the claimed keys."""
-        embedded = sql.SQL("" if self.chunked else " and t.embedding is not null")
+        embedded = sql.SQL("" if self.chunked else " and {vector} is not null")
         return sql.SQL(
             "select t.{key}::text as key, x.text, pipeline.content_hash(x.text) as hash,"
             " coalesce(t.content_hash = pipeline.content_hash(x.text) and t.embedding_model = %(model)s{embedded},"
             " false) as current"
             " from {table} t cross join lateral (select coalesce(({text})::text, '') as text) x"
             " where t.{key} = any(%(keys)s::{key_type}[])"
-        ).format(embedded=embedded, **self._parts())
+        ).format(embedded=embedded.format(**self._parts()), **self._parts())
 
-    def write_query(self) -> sql.Composed:
+    def write_query(self, *, index_later: bool = False) -> sql.Composed:
         """Write the staged vectors of rows whose text is still the text that was embedded.
 
         A row changed meanwhile keeps its queue row and is embedded again. The staging table's column
-        names are prefixed so that they never shadow a column the text expression reads.
+        names are prefixed so that they never shadow a column the text expression reads. With
+        `index_later` (a deferred source), the vectors go to `embedding_unindexed`, which no vector index
+        covers, and `embedding` is emptied: a row holds its vector in one of the two, never both.
         """
         if self.chunked:
             return sql.SQL(
@@ -99,13 +108,33 @@ class Source:
             segment = sql.SQL(
                 ", {col} = coalesce(pipeline.nearest_source_segment({name}, s.pipeline_embedding), t.{col})"
             ).format(col=sql.Identifier(self.segment_column), name=sql.Literal(self.name))
+        columns = "embedding = s.pipeline_embedding"
+        if index_later:
+            columns = "embedding = null, embedding_unindexed = s.pipeline_embedding"
+        elif self.deferred:
+            columns += ", embedding_unindexed = null"
         return sql.SQL(
-            "update {table} t set embedding = s.pipeline_embedding, embedding_model = %(model)s,"
+            "update {table} t set {columns}, embedding_model = %(model)s,"
             " content_hash = s.pipeline_hash, embedded_at = now(){segment}"
             " from pg_temp.pipeline_staging s"
             " where t.{key} = s.pipeline_key::{key_type} and {same_text}"
             " returning t.{key}::text as key"
-        ).format(segment=segment, same_text=self._same_text(), **self._parts())
+        ).format(columns=sql.SQL(columns), segment=segment, same_text=self._same_text(), **self._parts())
+
+    def unindexed_query(self) -> sql.Composed:
+        """How many of the source's vectors wait for the vector index, counted up to %(cap)s."""
+        return sql.SQL(
+            "select count(*) as n from (select from {table} where embedding_unindexed is not null limit %(cap)s) w"
+        ).format(table=self.table)
+
+    def index_waiting_query(self) -> sql.Composed:
+        """Move up to %(limit)s waiting vectors into `embedding` (and so into its HNSW index)."""
+        return sql.SQL(
+            "update {table} t set embedding = t.embedding_unindexed, embedding_unindexed = null"
+            " where t.{key} in (select w.{key} from {table} w where w.embedding_unindexed is not null"
+            "  limit %(limit)s for update skip locked)"
+            " and t.embedding_unindexed is not null"
+        ).format(**self._parts())
 
     def _same_text(self) -> sql.Composed:
         """The row's text still hashes to what was embedded. The CASE evaluates the text expression only
@@ -160,7 +189,7 @@ class Source:
 
     def queue_stale_query(self) -> sql.Composed:
         """Queue every row whose vectors are missing or stale."""
-        missing = sql.SQL("" if self.chunked else "t.embedding is null or ")
+        missing = sql.SQL("" if self.chunked else "{vector} is null or ").format(**self._parts())
         return sql.SQL(
             "insert into pipeline.queue (source, row_id)"
             " select {name}, t.{key}::text from {table} t"
@@ -180,8 +209,8 @@ class Source:
     def segment_read_query(self) -> sql.Composed:
         """Key, vector and text of every embedded row, in key order (execute it with parameters, `{}`)."""
         return sql.SQL(
-            "select t.{key}::text as key, t.embedding, coalesce(({text})::text, '') as text"
-            " from {table} t where t.embedding is not null order by t.{key}"
+            "select t.{key}::text as key, {vector} as embedding, coalesce(({text})::text, '') as text"
+            " from {table} t where {vector} is not null order by t.{key}"
         ).format(**self._parts())
 
     def apply_segments_query(self) -> sql.Composed:
@@ -196,28 +225,28 @@ class Source:
         return sql.SQL(
             "select s.segmento, s.label, s.size, s.top_terms, coalesce(("
             " select array_agg(e.text order by e.distance) from ("
-            "  select ({text})::text as text, t.embedding <=> s.centroid as distance from {table} t"
-            "  where t.{col} = s.segmento and t.embedding is not null"
-            "  order by (t.embedding <=> s.centroid) + 0 limit %(examples)s) e), '{{}}') as examples"
+            "  select ({text})::text as text, {vector} <=> s.centroid as distance from {table} t"
+            "  where t.{col} = s.segmento and {vector} is not null"
+            "  order by ({vector} <=> s.centroid) + 0 limit %(examples)s) e), '{{}}') as examples"
             " from public.segments s where s.model_id = pipeline.source_segment_model(%(source)s)"
             " order by s.segmento"
         ).format(col=sql.Identifier(self.segment_column or "segmento"), **self._parts())
 
     def segment_growth_query(self) -> sql.Composed:
         return sql.SQL(
-            "select (select count(*) from {table} where embedding is not null) as embedded,"
+            "select (select count(*) from {table} t where {vector} is not null) as embedded,"
             " (select n_rows from pipeline.segment_models where id = pipeline.source_segment_model(%(source)s))"
             " as n_rows"
-        ).format(table=self.table)
+        ).format(**self._parts())
 
     # -- classifiers (row sources) ------------------------------------------------------------------
 
     def labelled_query(self, label: str) -> sql.Composed:
         """Key, vector and label of every row embedded with %(model)s whose label is not null."""
         return sql.SQL(
-            "select t.{key}::text as key, t.embedding, l.label from {table} t"
+            "select t.{key}::text as key, {vector} as embedding, l.label from {table} t"
             " cross join lateral (select ({label})::text as label) l"
-            " where t.embedding is not null and t.embedding_model = %(model)s and l.label is not null"
+            " where {vector} is not null and t.embedding_model = %(model)s and l.label is not null"
             " order by t.{key}"
         ).format(label=sql.SQL(label.replace("%", "%%")), **self._parts())
 
@@ -226,8 +255,8 @@ class Source:
         return sql.SQL(
             "insert into pipeline.predictions (source, row_key, classifier, label, probability, probabilities, version)"
             " select {name}, t.key, %(classifier)s, r.label, r.probability, r.probabilities, %(version)s"
-            " from (select t.{key}::text as key, t.embedding from {table} t"
-            "  where t.embedding is not null and t.embedding_model = %(model)s and not exists ("
+            " from (select t.{key}::text as key, {vector} as embedding from {table} t"
+            "  where {vector} is not null and t.embedding_model = %(model)s and not exists ("
             "   select 1 from pipeline.predictions p"
             "   where p.classifier = %(classifier)s and p.row_key = t.{key}::text and p.version = %(version)s)"
             "  limit %(limit)s) t"
@@ -239,13 +268,16 @@ class Source:
 
     def status_query(self) -> sql.Composed:
         embedded = "embedded_at is not null" if self.chunked else "embedding is not null"
+        unindexed = "count(*) filter (where embedding_unindexed is not null)" if self.deferred else "0"
+        if self.deferred:
+            embedded = "coalesce(embedding, embedding_unindexed) is not null"
         chunks: sql.Composable = sql.SQL("null::bigint")
         if self.chunked:
             chunks = sql.SQL("(select count(*) from {})").format(self.chunks)
         return sql.SQL(
             "select count(*) as rows, count(*) filter (where {embedded}) as embedded, {chunks} as chunks,"
-            " max(embedded_at) as last_embedded_at from {table}"
-        ).format(embedded=sql.SQL(embedded), chunks=chunks, table=self.table)
+            " {unindexed} as unindexed, max(embedded_at) as last_embedded_at from {table}"
+        ).format(embedded=sql.SQL(embedded), chunks=chunks, unindexed=sql.SQL(unindexed), table=self.table)
 
 
 def load_sources(conn: Connection, names: list[str] | None = None) -> list[Source]:
@@ -282,4 +314,5 @@ def _source(row: dict[str, Any]) -> Source:
         jsonb_metadata=tuple(row["jsonb_metadata"]),
         segment_column=row["segment_column"],
         classified=bool(row["classified"]),
+        deferred=bool(row["deferred"]),
     )

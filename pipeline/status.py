@@ -30,7 +30,7 @@ def status(conn: Connection) -> dict[str, Any]:
                 with conn.transaction():
                     counts = conn.execute(source.status_query()).fetchone()
             except psycopg.errors.UndefinedTable:
-                counts = {"rows": None, "embedded": None, "chunks": None, "last_embedded_at": None}
+                counts = {"rows": None, "embedded": None, "chunks": None, "unindexed": 0, "last_embedded_at": None}
                 warnings.append(f"source {source.name}: table {source.qualified} is gone (`pipeline source remove`)")
             tables[source.name] = {**counts, **lag[source.name]}
     synced = {row["source"]: row["updated_at"] for row in conn.execute(query("last_syncs"))}
@@ -44,6 +44,7 @@ def status(conn: Connection) -> dict[str, Any]:
                 "rows": row["rows"],
                 "embedded": row["embedded"],
                 "chunks": row["chunks"],
+                "unindexed": row["unindexed"],
                 "pending": row["pending"],
                 "failed": row["failed"],
                 "other_model": row["other_model"],
@@ -92,6 +93,8 @@ def format_status(data: dict[str, Any]) -> str:
         )
         if row["chunks"]:
             lines[-1] += f"  ({row['chunks']} chunks)"
+        if row["unindexed"]:
+            lines.append(f"  {row['unindexed']} {row['table']} vectors wait for the vector index (searched exactly)")
         if row["other_model"]:
             lines.append(
                 f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`"

@@ -45,6 +45,8 @@ class SyncReport:
     retried: int = 0
     failed: int = 0
     chunks: int = 0
+    unindexed: int = 0  # of the embedded rows, those whose vectors were written to wait for the vector index
+    indexed: int = 0  # waiting vectors moved into the vector index
     batches: int = 0
     seconds: float = 0.0
     source: str = ""
@@ -321,7 +323,10 @@ class Worker:
                 for owner, vector in zip(batch.owners, batch.vectors, strict=True):
                     if owner not in errors:
                         copy.write_row((owner, vector, hashes[owner]))
-            written = {r["key"] for r in conn.execute(source.write_query(), params)}
+            later = self._index_later(conn, source)
+            written = {r["key"] for r in conn.execute(source.write_query(index_later=later), params)}
+            if later:
+                batch.report.unindexed = len(written)
             if written and source.classified:
                 conn.execute(query("score_staged"), {**params, "source": source.name, "keys": list(written)})
             return written
@@ -338,6 +343,48 @@ class Worker:
             conn.execute(source.delete_chunks_query(), {"keys": list(written)})
             batch.report.chunks = conn.execute(source.insert_chunks_query(), {**params, "keys": list(written)}).rowcount
         return written
+
+    def _index_later(self, conn: Connection, source: Source) -> bool:
+        """Whether this batch's vectors may wait for the vector index: the source can hold them, fewer than
+        PIPELINE_MAX_UNINDEXED wait already, and the index is there (a bulk write may have set it aside:
+        then writing into `embedding` costs no index insert anyway)."""
+        if not source.deferred or self.settings.max_unindexed <= 0:
+            return False
+        waiting = conn.execute(source.unindexed_query(), {"cap": self.settings.max_unindexed}).fetchone()["n"]
+        if waiting >= self.settings.max_unindexed:
+            return False
+        found = conn.execute(query("has_vector_index"), {"table": source.table.as_string(conn)}).fetchone()
+        return bool(found["indexed"])
+
+    def index_waiting(
+        self, conn: Connection, sources: Sequence[Source], *, stop: threading.Event | None = None, step: int = 512
+    ) -> tuple[int, bool]:
+        """Move the vectors that wait for the index into it, `step` rows per transaction, until none wait.
+
+        Returns the rows moved, and whether it stopped early because rows were queued meanwhile (the
+        model's work comes first: the next drain picks it up, and this goes on when it is done).
+        """
+        moved = 0
+        names = [s.name for s in sources]
+        for source in sources:
+            if not source.deferred:
+                continue
+            while not (stop and stop.is_set()):
+                started = time.perf_counter()
+                with translate_errors(), conn.transaction():
+                    count = conn.execute(source.index_waiting_query(), {"limit": step}).rowcount
+                moved += count
+                if count:
+                    logger.info(
+                        "%s: %d vectors moved into the vector index in %.2fs", source.name, count,
+                        time.perf_counter() - started,
+                    )  # fmt: skip
+                if count < step:
+                    break
+                with translate_errors():
+                    if conn.execute(query("any_ready"), {"sources": names}).fetchone()["ready"]:
+                        return moved, True
+        return moved, False
 
     def _fail(self, batch: Batch, key: str, error: str, *, permanent: bool) -> None:
         attempts = batch.claimed[key] + 1
@@ -370,12 +417,12 @@ class Worker:
         a daemon runs is picked up by its next drain). Sources take turns, batch by batch, so a backlog
         in one never starves another. With a `spare` connection, each batch is written and committed on
         a background thread while the next one is claimed and embedded on the other connection
-        (SKIP LOCKED keeps them apart).
+        (SKIP LOCKED keeps them apart). When nothing is left to embed, the vectors that wait for the
+        vector index are moved into it; rows queued meanwhile are embedded first.
         """
         resolved = _resolve(conn, sources)
         total = SyncReport()
         started = time.perf_counter()
-
         touched: set[str] = set()
 
         def collect(report: SyncReport) -> None:
@@ -385,25 +432,51 @@ class Worker:
             if on_batch:
                 on_batch(report)
 
-        if spare is None:
-            active = list(resolved)
-            while active and not (stop and stop.is_set()):
-                for source in list(active):
-                    if stop and stop.is_set():
-                        break
-                    try:
-                        report = self.run_batch(conn, source)
-                    except SourceUnavailable as exc:
-                        logger.warning("%s", exc)
-                        report = SyncReport()
-                    if report.claimed == 0:
-                        active.remove(source)
-                    else:
-                        collect(report)
-            total.seconds = time.perf_counter() - started
-            _record_sync(conn, touched)
-            return total
+        while True:
+            if spare is None:
+                self._drain_serial(conn, resolved, stop, collect)
+            else:
+                self._drain_overlapped(conn, spare, resolved, stop, collect)
+            if stop and stop.is_set():
+                break
+            moved, interrupted = self.index_waiting(conn, resolved, stop=stop)
+            total.indexed += moved
+            if not interrupted:
+                break
+        total.seconds = time.perf_counter() - started  # wall time: overlapped batches' own times add up to more
+        _record_sync(conn, touched)
+        return total
 
+    def _drain_serial(
+        self,
+        conn: Connection,
+        resolved: list[Source],
+        stop: threading.Event | None,
+        collect: Callable[[SyncReport], None],
+    ) -> None:
+        active = list(resolved)
+        while active and not (stop and stop.is_set()):
+            for source in list(active):
+                if stop and stop.is_set():
+                    break
+                try:
+                    report = self.run_batch(conn, source)
+                except SourceUnavailable as exc:
+                    logger.warning("%s", exc)
+                    report = SyncReport()
+                if report.claimed == 0:
+                    active.remove(source)
+                else:
+                    collect(report)
+
+    def _drain_overlapped(
+        self,
+        conn: Connection,
+        spare: Connection,
+        resolved: list[Source],
+        stop: threading.Event | None,
+        collect: Callable[[SyncReport], None],
+    ) -> None:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         connections = [conn, spare]
@@ -443,9 +516,6 @@ class Worker:
                 turn += 1
             if writing is not None:
                 collect(writing.result())
-        total.seconds = time.perf_counter() - started  # wall time: overlapped batches' own times add up to more
-        _record_sync(conn, touched)
-        return total
 
 
 def _record_sync(conn: Connection, sources: set[str]) -> None:
@@ -563,13 +633,23 @@ def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
     if source.chunked:
         conn.execute(sql.SQL("delete from {}").format(target))
     clear = "embedding_model = null, content_hash = null, embedded_at = null"
+    vectors = "" if source.chunked else "embedding = null, "
+    if source.deferred:
+        vectors += "embedding_unindexed = null, "
     conn.execute(
         sql.SQL("update {} set {}{} where embedded_at is not null").format(
-            source.table, sql.SQL("" if source.chunked else "embedding = null, "), sql.SQL(clear)
+            source.table, sql.SQL(vectors), sql.SQL(clear)
         )
     )
+    columns = ["embedding", "embedding_unindexed"] if source.deferred else ["embedding"]
     conn.execute(
-        sql.SQL("alter table {} alter column embedding type vector({})").format(target, sql.SQL(str(int(dimension))))
+        sql.SQL("alter table {} {}").format(
+            target,
+            sql.SQL(", ").join(
+                sql.SQL("alter column {} type vector({})").format(sql.Identifier(c), sql.SQL(str(int(dimension))))
+                for c in columns
+            ),
+        )
     )
     for index in indexes:
         conn.execute(index["definition"].encode())

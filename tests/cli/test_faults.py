@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 
 def counts(conn: Any) -> tuple[int, int, int]:
     row = conn.execute(
-        "select (select count(*) from dores where embedding is not null) as embedded,"
+        "select (select count(*) from dores where coalesce(embedding, embedding_unindexed) is not null) as embedded,"
         " (select count(*) from pipeline.queue) as queued, (select count(*) from pipeline.failed) as failed"
     ).fetchone()
     return row["embedded"], row["queued"], row["failed"]
@@ -48,6 +48,8 @@ def test_ten_sigkills_lose_nothing(db_url: str) -> None:
         result = run_cli("sync", "--json", db_url=db_url)
         assert result.returncode == 0, result.stderr
         assert counts(conn) == (5000, 0, 0)
+        indexed = conn.execute("select count(*) as n from dores where embedding is not null").fetchone()["n"]
+        assert indexed == 5000  # vectors a killed run left waiting for the index are in it now
         stale = conn.execute(
             "select count(*) as n from dores where content_hash is distinct from "
             "pipeline.content_hash(pipeline.dor_text(dor_base, solucao_graventum))"
