@@ -247,12 +247,15 @@ select s.*,
        ), '{}') as jsonb_metadata,
        exists (select 1 from pipeline.classifiers c where c.source = s.name and c.active_version is not null)
            as classified,
-       -- a row source whose vectors can wait for the vector index (migration 0010, `source add`)
-       s.kind = 'row' and exists (
+       -- a row source whose vectors can wait for the vector index (migration 0010, `source add`), if this
+       -- role may write them there (a least-privileged worker granted the older columns only may not)
+       case when s.kind = 'row' and exists (
            select 1 from pg_catalog.pg_attribute a
            where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
              and a.attname = 'embedding_unindexed' and not a.attisdropped
-       ) as deferred
+       ) then has_column_privilege(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name),
+                                   'embedding_unindexed', 'UPDATE')
+       else false end as deferred
 from pipeline.sources s
 where %(names)s::text[] is null or s.name = any(%(names)s::text[])
 order by s.created_at, s.name

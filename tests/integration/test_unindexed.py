@@ -161,3 +161,25 @@ def test_a_row_source_added_by_command_waits_too_and_migrate_gives_older_ones_th
     assert worker.run_batch(conn, "tickets").unindexed == 1
     found = search_source(conn, embedder, source, "boleto com vencimento errado", k=2, hybrid=False)
     assert found[0]["content"] == "O boleto chega com a data de vencimento errada"
+
+
+def test_a_worker_granted_only_the_older_columns_writes_into_the_index(conn: Any, embedder: Any, settings: Any) -> None:
+    conn.execute("create role pipeline_older_grants bypassrls")
+    conn.execute("grant select on public.dores to pipeline_older_grants")
+    conn.execute(
+        "grant update (embedding, embedding_model, content_hash, embedded_at, segmento) on public.dores"
+        " to pipeline_older_grants"
+    )
+    conn.execute("grant select, insert, update, delete on all tables in schema pipeline to pipeline_older_grants")
+    conn.execute("grant usage on schema pipeline to pipeline_older_grants")
+    conn.execute("grant select on public.segments to pipeline_older_grants")
+    (row_id,) = insert(conn, DORES[:1])
+    conn.execute("set role pipeline_older_grants")
+    try:
+        (source,) = load_sources(conn, ["dores"])
+        assert not source.deferred
+        report = Worker(embedder=embedder, settings=settings).run_batch(conn, source)
+    finally:
+        conn.execute("reset role")
+    assert report.embedded == 1 and report.unindexed == 0
+    assert columns(conn, row_id)[0] is not None
