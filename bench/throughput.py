@@ -138,10 +138,12 @@ def main() -> None:
                 for dor, solucao in pairs:
                     copy.write_row((dor, solucao))
             t0 = time.perf_counter()  # committed: the NOTIFY is out
-            # The queue empties in the same transaction that writes the vectors. Poll it gently: a scan
-            # over thousands of just-deleted queue rows 50 times a second would steal CPU from the model.
-            while conn.execute("select exists (select from pipeline.queue) as busy").fetchone()["busy"]:
-                time.sleep(0.25)
+            # The queue empties in the same transaction that writes the vectors. Poll it gently while
+            # batches remain (a scan over thousands of just-deleted queue rows 50 times a second would
+            # steal CPU from the model), then often once the last claim is in flight, so that the end is
+            # seen within 10 ms rather than up to a quarter of a second late (3% of a 4 s run).
+            while left := conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"]:
+                time.sleep(0.25 if left > settings.claim_size else 0.01)
             elapsed = time.perf_counter() - t0
             done = conn.execute(
                 f"select count(*) as n from {args.source} where coalesce(embedding, embedding_unindexed) is not null"
