@@ -364,27 +364,33 @@ class Worker:
         Returns the rows moved, and whether it stopped early because rows were queued meanwhile (the
         model's work comes first: the next drain picks it up, and this goes on when it is done).
         """
-        moved = 0
+        moved, interrupted = 0, False
         names = [s.name for s in sources]
         for source in sources:
-            if not source.deferred:
+            if not source.deferred or interrupted:
                 continue
+            started, count = time.perf_counter(), 0
             while not (stop and stop.is_set()):
-                started = time.perf_counter()
-                with translate_errors(), conn.transaction():
-                    count = conn.execute(source.index_waiting_query(), {"limit": step}).rowcount
-                moved += count
-                if count:
-                    logger.info(
-                        "%s: %d vectors moved into the vector index in %.2fs", source.name, count,
-                        time.perf_counter() - started,
-                    )  # fmt: skip
-                if count < step:
+                with translate_errors():
+                    try:
+                        with conn.transaction():
+                            step_count = conn.execute(source.index_waiting_query(), {"limit": step}).rowcount
+                    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                        break  # its table is gone or changed since the drain began: the batches say so
+                count += step_count
+                if step_count < step:
                     break
                 with translate_errors():
                     if conn.execute(query("any_ready"), {"sources": names}).fetchone()["ready"]:
-                        return moved, True
-        return moved, False
+                        interrupted = True
+                        break
+            if count:
+                logger.info(
+                    "%s: %d vectors moved into the vector index in %.2fs%s", source.name, count,
+                    time.perf_counter() - started, " (rows were queued: embedding them first)" if interrupted else "",
+                )  # fmt: skip
+            moved += count
+        return moved, interrupted
 
     def _fail(self, batch: Batch, key: str, error: str, *, permanent: bool) -> None:
         attempts = batch.claimed[key] + 1

@@ -183,3 +183,15 @@ def test_a_worker_granted_only_the_older_columns_writes_into_the_index(conn: Any
         conn.execute("reset role")
     assert report.embedded == 1 and report.unindexed == 0
     assert columns(conn, row_id)[0] is not None
+
+
+def test_a_source_whose_table_goes_away_mid_drain_is_skipped(conn: Any, worker: Worker) -> None:
+    conn.execute("create table public.tickets (id bigint generated always as identity primary key, corpo text)")
+    conn.execute("insert into tickets (corpo) values ('O boleto sai com o vencimento errado')")
+    source, _ = add_source(conn, name="tickets", table="public.tickets", text="corpo")
+    worker.run_batch(conn, source)
+    conn.execute("drop table tickets")
+    (dores,) = load_sources(conn, ["dores"])
+    insert(conn, DORES[:1])
+    worker.run_batch(conn, dores)
+    assert worker.index_waiting(conn, [source, dores]) == (1, False)
