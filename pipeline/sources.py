@@ -128,12 +128,16 @@ class Source:
         ).format(table=self.table)
 
     def index_waiting_query(self) -> sql.Composed:
-        """Move up to %(limit)s waiting vectors into `embedding` (and so into its HNSW index)."""
+        """Move up to %(limit)s waiting vectors into `embedding` (and so into its HNSW index).
+
+        The rows are picked once, in a CTE: as an `IN (subquery)` the planner may rescan a LIMIT ... FOR
+        UPDATE subquery for every row, which moves them all at once and costs quadratic time.
+        """
         return sql.SQL(
-            "update {table} t set embedding = t.embedding_unindexed, embedding_unindexed = null"
-            " where t.{key} in (select w.{key} from {table} w where w.embedding_unindexed is not null"
+            "with picked as materialized (select w.{key} from {table} w where w.embedding_unindexed is not null"
             "  limit %(limit)s for update skip locked)"
-            " and t.embedding_unindexed is not null"
+            " update {table} t set embedding = t.embedding_unindexed, embedding_unindexed = null"
+            " from picked p where t.{key} = p.{key}"  # locked since picked: it still waits
         ).format(**self._parts())
 
     def _same_text(self) -> sql.Composed:
