@@ -181,10 +181,11 @@ def _resolve_name(requested: str | None, recorded: str | None) -> ResolvedModel:
     )
 
 
-PASS_COST_TOKENS = 64
+PASS_COST_TOKENS = 200
 """What one more forward pass costs, in tokens computed: a cut that saves less padding than this is not
-worth a pass. Between 32 and 96 the onnx-int8 backend embedded short sentences ~10% faster than with
-batches cut every `batch_size` texts (docs/benchmarks.md)."""
+worth a pass (small passes use the CPU less well). `bench/batching.py` on onnx-int8: ASSIN 2's short
+sentences 4% faster than passes cut every `batch_size` texts (100 passes instead of 94), the longer dores
+no slower (98 instead of 94); lower costs made many more passes (docs/benchmarks.md)."""
 
 
 def batch_cuts(lengths: Sequence[int], batch_size: int, pass_cost: int) -> list[tuple[int, int]]:
