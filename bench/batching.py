@@ -13,12 +13,11 @@ import argparse
 import statistics
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import dores_texts, machine, table
+from bench.common import assin2_sentences, dores_texts, machine, table
 
 
 def main() -> None:
@@ -35,11 +34,7 @@ def main() -> None:
     from pipeline.embedding import batch_cuts, load_embedder
 
     if args.texts == "assin2":
-        sentences: dict[str, None] = {}
-        for pair in ET.parse(args.evaldata / "assin2" / "assin2-test.xml").getroot().iter("pair"):
-            for tag in ("t", "h"):
-                sentences[(pair.findtext(tag) or "").strip()] = None
-        texts = [t for t in sentences if t][: args.rows]
+        texts = assin2_sentences(args.evaldata, args.rows)
     else:
         texts = [f"{d}\n{s}" for d, s in dores_texts(args.rows)]
     settings = Settings(backend=args.backend)

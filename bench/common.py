@@ -75,6 +75,17 @@ def dores_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
+def assin2_sentences(evaldata: Path, n: int) -> list[str]:
+    """The first `n` distinct sentences of ASSIN 2's test pairs (short Portuguese, 10-20 tokens each)."""
+    import xml.etree.ElementTree as ET
+
+    sentences: dict[str, None] = {}
+    for pair in ET.parse(evaldata / "assin2" / "assin2-test.xml").getroot().iter("pair"):
+        for tag in ("t", "h"):
+            sentences[(pair.findtext(tag) or "").strip()] = None
+    return [text for text in sentences if text][:n]
+
+
 def machine() -> str:
     import torch
 

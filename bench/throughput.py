@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-from bench.common import dores_texts, machine, scratch_database, table
+from bench.common import assin2_sentences, dores_texts, machine, scratch_database, table
 
 
 def main() -> None:
@@ -68,13 +68,7 @@ def main() -> None:
     from pipeline.sync import prepare_worker
 
     if args.texts == "assin2":
-        import xml.etree.ElementTree as ET
-
-        sentences: dict[str, None] = {}
-        for pair in ET.parse(args.evaldata / "assin2" / "assin2-test.xml").getroot().iter("pair"):
-            for tag in ("t", "h"):
-                sentences[(pair.findtext(tag) or "").strip()] = None
-        pairs = [(text, "") for text in list(sentences)[: args.rows] if text]
+        pairs = [(text, "") for text in assin2_sentences(args.evaldata, args.rows)]
         args.rows = len(pairs)
     else:
         pairs = dores_texts(args.rows)

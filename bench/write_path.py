@@ -15,13 +15,12 @@ import argparse
 import statistics
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, scratch_database, table
+from bench.common import assin2_sentences, machine, scratch_database, table
 
 HNSW = "create index dores_embedding_idx on public.dores using hnsw (embedding vector_cosine_ops) with ({})"
 HALF = (
@@ -68,11 +67,7 @@ def main() -> None:
     from pipeline.embedding import load_embedder
     from pipeline.sources import load_sources
 
-    sentences: dict[str, None] = {}
-    for pair in ET.parse(args.evaldata / "assin2" / "assin2-test.xml").getroot().iter("pair"):
-        for tag in ("t", "h"):
-            sentences[(pair.findtext(tag) or "").strip()] = None
-    texts = [t for t in sentences if t][: args.rows]
+    texts = assin2_sentences(args.evaldata, args.rows)
     embedder = load_embedder(Settings(backend="onnx-int8"))
     vectors = embedder.embed(texts)
     claim = Settings().claim_size
