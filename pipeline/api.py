@@ -1,14 +1,19 @@
-"""HTTP API for n8n and the app: embed, segmentar, classify, search; the model loaded once at start."""
+"""HTTP API for n8n and the app: embed, segmentar, classify, search; the model loaded once at start.
+
+A request acts as the database owner (the service token, `PIPELINE_API_TOKEN`) or, with `PIPELINE_JWT_SECRET`
+set, as a Supabase user: its JWT's role and claims are set for the request's transaction, as PostgREST does,
+so that the owner's row-level security policies decide what it sees."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.config import Settings
-from pipeline.errors import DatabaseError, InputError, PipelineError
+from pipeline.errors import ConfigError, DatabaseError, InputError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +142,96 @@ class ErrorResponse(BaseModel):
     error: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 422, 503)}
+
+
+# -- who a request acts as -----------------------------------------------------------------------
+
+JWT_ROLES = ("anon", "authenticated")
+"""The only roles a JWT may name: a token never chooses the owner's, `service_role` or any other."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """The database owner (`role` None: the service token, or no auth configured), or a Supabase user."""
+
+    role: str | None = None
+    claims: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+OWNER = Caller()
+
+
+def verify_jwt(token: str, secret: str) -> Caller:
+    """A Supabase JWT's caller: HS256 signature, `exp` required and in the future, role anon or authenticated."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp"], "verify_aud": False})
+    except jwt.ExpiredSignatureError:
+        raise ApiError(401, "JWT expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise ApiError(401, f"invalid JWT: {exc}") from None
+    role = claims.get("role")
+    if role not in JWT_ROLES:
+        raise ApiError(401, f"a JWT's role must be anon or authenticated, not {str(role)[:40]!r}")
+    return Caller(role=role, claims=claims)
+
+
+@contextlib.contextmanager
+def acting_as(conn: Any, caller: Caller) -> Iterator[None]:
+    """Run the block as `caller`. The owner runs as the connection is (autocommit); a user's block is one
+    transaction that starts with `set_config('role', ..., true)` and `request.jwt.claims` (SET LOCAL: both end
+    with the transaction, so the pooled connection goes back as the owner), and a refusal is 403."""
+    if caller.role is None:
+        yield
+        return
+    import psycopg
+
+    with conn.transaction():
+        try:
+            conn.execute(
+                "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
+                (caller.role, json.dumps(caller.claims)),
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseError(f"the database user may not act as {caller.role}: grant {caller.role} to it") from exc
+        try:
+            yield
+        except (psycopg.errors.InsufficientPrivilege, DatabaseError) as exc:
+            cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+            if not isinstance(cause, psycopg.errors.InsufficientPrivilege):
+                raise
+            detail = str(cause).strip().splitlines()[0] if str(cause).strip() else "permission denied"
+            raise ApiError(403, f"role {caller.role} may not do this: {detail}") from exc
+
+
+def require_jwt_roles(url: str) -> None:
+    """The database user must be able to act as anon and authenticated (Supabase grants both to postgres)."""
+    from pipeline.db import connect, translate_errors
+
+    with connect(url) as conn, translate_errors():
+        (row,) = conn.execute(
+            "select session_user as me, array(select rolname::text from pg_roles where rolname = any(%s)"
+            " and pg_has_role(session_user, oid, 'member')) as roles",
+            (list(JWT_ROLES),),
+        ).fetchall()
+    missing = [role for role in JWT_ROLES if role not in row["roles"]]
+    if missing:
+        raise ConfigError(
+            f"PIPELINE_JWT_SECRET is set, but the database user {row['me']} cannot act as {' or '.join(missing)}:"
+            f" grant {', '.join(missing)} to {row['me']} (Supabase grants anon and authenticated to postgres)"
+        )
 
 
 # -- the app -------------------------------------------------------------------------------------
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised by the body's `receive`: an HTTPException, so FastAPI passes it on (not as a 400 parse error)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 class BodyLimit:
@@ -165,12 +256,12 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise ApiError(413, f"request body over {self.limit} bytes")
+                raise BodyTooLarge(self.limit)
             return message
 
         try:
             await self.app(scope, limited, send)
-        except ApiError:
+        except BodyTooLarge:  # read outside a route (no handler turned it into a response)
             await _too_large(send, self.limit)
 
 
@@ -212,6 +303,10 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         check=ConnectionPool.check_connection,
     )
     serialised = SerialisedEmbedder(embedder)  # one model call at a time: torch already uses every core
+    if settings.jwt_secret:
+        require_jwt_roles(url)
+    # With auth configured, the schema is not for strangers either (it lists every route and limit).
+    closed_docs = bool(settings.api_token or settings.jwt_secret) and not settings.api_public_docs
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -223,17 +318,26 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         title="pipeline ML API",
         version="1.0",
         description="Embeddings, segments and search for n8n and the app. Every /ml/* route takes "
-        "`Authorization: Bearer $PIPELINE_API_TOKEN` when a token is configured.",
+        "`Authorization: Bearer $PIPELINE_API_TOKEN` when a token is configured (it acts as the database owner), "
+        "or a Supabase user's JWT when PIPELINE_JWT_SECRET is set (its queries run as the token's role, under "
+        "row-level security).",
         lifespan=lifespan,
+        openapi_url=None if closed_docs else "/openapi.json",
+        docs_url=None if closed_docs else "/docs",
+        redoc_url=None if closed_docs else "/redoc",
     )
 
-    def authorize(request: Request) -> None:
-        if not settings.api_token:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.api_token):
-            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer ...)")
+    def authorize(request: Request) -> Caller:
+        if not settings.api_token and not settings.jwt_secret:
+            return OWNER
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            if settings.api_token and hmac.compare_digest(token.encode(), settings.api_token.encode()):
+                return OWNER
+            if settings.jwt_secret and token.count(".") == 2:
+                return verify_jwt(token, settings.jwt_secret)
+        raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer ...)")
 
     def check(texts: list[str]) -> None:
         if not texts:
@@ -248,11 +352,11 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         check(texts)
         return serialised.embed(texts)
 
-    def with_connection(work: Callable[[Any], Any]) -> Any:
+    def with_connection(work: Callable[[Any], Any], caller: Caller = OWNER) -> Any:
         try:
-            with pool.connection(timeout=10) as conn:
+            with pool.connection(timeout=10) as conn, acting_as(conn, caller):
                 return work(conn)
-        except PipelineError:
+        except (PipelineError, ApiError):
             raise
         except Exception as exc:  # pool timeout or a dropped connection
             raise DatabaseError(f"database unavailable: {type(exc).__name__}") from exc
@@ -284,6 +388,24 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     secured = [Depends(authorize)]
+    who = Depends(authorize)  # a route's `caller`: whom its queries run as
+
+    if closed_docs:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=secured)
+        def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False)
+        @app.get("/redoc", include_in_schema=False)
+        def docs_off() -> JSONResponse:
+            return JSONResponse(
+                {
+                    "error": "the docs pages are off while the API takes a token: GET /openapi.json with the token,"
+                    " or serve --public-docs (PIPELINE_API_PUBLIC_DOCS=1)"
+                },
+                status_code=404,
+            )
 
     @app.post(
         "/ml/embed",
@@ -322,8 +444,8 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
             counts[str(int(label))] = counts.get(str(int(label)), 0) + 1
         return {"rows": rows, "counts": dict(sorted(counts.items(), key=lambda kv: int(kv[0])))}
 
-    @app.post("/ml/classify", response_model=ClassifyResponse, dependencies=secured, responses=ERRORS)
-    def ml_classify(body: ClassifyRequest) -> dict[str, Any]:
+    @app.post("/ml/classify", response_model=ClassifyResponse, responses=ERRORS)
+    def ml_classify(body: ClassifyRequest, caller: Caller = who) -> dict[str, Any]:
         """Which stored segment a text (a lead's pain) belongs to, its label and the similarity."""
         from pipeline.db import query
 
@@ -334,13 +456,13 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         def work(conn: Any) -> Any:
             return conn.execute(query("classify"), {"embedding": vector, "source": body.source}).fetchone()
 
-        row = with_connection(work)
+        row = with_connection(work, caller)
         if row is None:
             raise ApiError(400, "no segments yet: run `pipeline segment` (after `pipeline sync`)")
         return {**row, "similarity": round(float(row["similarity"]), 4)}
 
-    @app.post("/ml/search", dependencies=secured, responses=ERRORS)
-    def ml_search(body: SearchRequest) -> list[dict[str, Any]]:
+    @app.post("/ml/search", responses=ERRORS)
+    def ml_search(body: SearchRequest, caller: Caller = who) -> list[dict[str, Any]]:
         """Results as `pipeline search --json` prints them: hybrid by default (`"hybrid": false` for vectors
         alone), each with the `score` that orders it; `filter` for chunked sources, `segmento` for dores."""
         from pipeline.search import search_source
@@ -351,28 +473,24 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         check([body.query])
 
         def work(conn: Any) -> Any:
+            # The registry is read as the owner (it names tables and functions, no rows); the search as the caller.
             (source,) = load_sources(conn, [body.table or body.source])
-            return search_source(
-                conn,
-                serialised,
-                source,
-                body.query,
-                k=body.k,
-                hybrid=body.hybrid,
-                filter=body.filter or None,
-                segmento=body.segmento,
-            )
+            with acting_as(conn, caller):
+                return search_source(
+                    conn,
+                    serialised,
+                    source,
+                    body.query,
+                    k=body.k,
+                    hybrid=body.hybrid,
+                    filter=body.filter or None,
+                    segmento=body.segmento,
+                )
 
         return with_connection(work)  # type: ignore[no-any-return]
 
-    @app.post(
-        "/ml/score",
-        response_model=ScoreResponse,
-        response_model_exclude_none=True,
-        dependencies=secured,
-        responses=ERRORS,
-    )
-    def ml_score(body: ScoreRequest) -> dict[str, Any]:
+    @app.post("/ml/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=ERRORS)
+    def ml_score(body: ScoreRequest, caller: Caller = who) -> dict[str, Any]:
         """A classifier's label and probabilities: `{"text"}` → one verdict, `{"texts"}` → `results`."""
         from pipeline.classifiers import predict
 
@@ -382,7 +500,7 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         if any(not t.strip() for t in texts):
             raise ApiError(422, "a text is empty")
         vectors = embed(texts)
-        results = with_connection(lambda conn: predict(conn, body.classifier, vectors))
+        results = with_connection(lambda conn: predict(conn, body.classifier, vectors), caller)
         scored = [
             {"text": t, "label": r["label"], "probability": r["probability"], "probabilities": r["probabilities"]}
             for t, r in zip(texts, results, strict=True)
@@ -391,8 +509,8 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
             return {"classifier": body.classifier, **{k: v for k, v in scored[0].items() if k != "text"}}
         return {"classifier": body.classifier, "results": scored}
 
-    @app.post("/ml/score-lead", response_model=ScoreLeadResponse, dependencies=secured, responses=ERRORS)
-    def ml_score_lead(body: ScoreLeadRequest) -> dict[str, Any]:
+    @app.post("/ml/score-lead", response_model=ScoreLeadResponse, responses=ERRORS)
+    def ml_score_lead(body: ScoreLeadRequest, caller: Caller = who) -> dict[str, Any]:
         """One call for a new lead: the lead classifier's score (`PIPELINE_LEAD_CLASSIFIER`), its segment among
         the dores' and the 3 most similar dores."""
         from pipeline.classifiers import predict
@@ -413,7 +531,7 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
             ).fetchall()
             return {"verdict": verdict, "segment": segment, "similar": similar}
 
-        found = with_connection(work)
+        found = with_connection(work, caller)
         verdict, segment = found["verdict"], found["segment"]
         positive = verdict["positive"]
         return {

@@ -14,7 +14,7 @@ from pipeline import __version__
 from pipeline.commands import COMMANDS
 from pipeline.commands_classifiers import cmd_classifier  # noqa: F401  (registers classifier, score)
 from pipeline.config import Settings, redact
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 # -- parser --------------------------------------------------------------------------------------
 
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="daemon: embed new and changed rows as they arrive")
     p.add_argument("--interval", type=float, help="seconds between polls when no NOTIFY arrives (default 30)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /healthz on this port")
+    p.add_argument(
+        "--metrics-host",
+        help="address of /metrics and /healthz, which take no token (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
 
     for name, text in (
         ("sync", "drain the queue once and exit"),
@@ -166,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--public-docs",
+        action="store_true",
+        help="serve /docs, /redoc and /openapi.json without the token (default: they need it when one is set)",
+    )
+    p.add_argument(
+        "--jwt-secret-env",
+        metavar="VAR",
+        help="environment variable holding the Supabase JWT secret (default PIPELINE_JWT_SECRET): a request with "
+        "a user's JWT then runs as its role (anon, authenticated) under row-level security",
+    )
 
     p = sub.add_parser("db", parents=[common], help="the embedded server: `db url` for psql, `db stop`")
     p.add_argument("action", choices=["url", "stop"])
@@ -258,6 +273,16 @@ def _source_option(p: argparse.ArgumentParser, text: str, default: str | None = 
     p.add_argument("--source", "--table", dest="source", default=default, metavar="NAME", help=text)
 
 
+def _secret_from(variable: str | None) -> str | None:
+    """The value of the environment variable a flag names (secrets stay off the command line)."""
+    if variable is None:
+        return None
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise ConfigError(f"--jwt-secret-env {variable}: that environment variable is not set")
+    return value
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -300,8 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backend": args.backend,
         "batch_size": args.batch_size,
         "interval": getattr(args, "interval", None),
+        "metrics_host": getattr(args, "metrics_host", None),
+        "api_public_docs": getattr(args, "public_docs", False) or None,
     }
     try:
+        overrides["jwt_secret"] = _secret_from(getattr(args, "jwt_secret_env", None))
         settings = Settings.load(overrides)
         return COMMANDS[args.command](args, settings)
     except PipelineError as exc:

@@ -68,6 +68,14 @@ class Settings:
     """`PIPELINE_API_MAX_CHARS`: characters per text in an HTTP call."""
     api_max_body: int = 2_000_000
     """`PIPELINE_API_MAX_BODY`: bytes per HTTP request body."""
+    api_public_docs: bool = False
+    """`PIPELINE_API_PUBLIC_DOCS`: serve /docs, /redoc and /openapi.json to anyone. Off by default: with a token
+    set, /openapi.json takes the token and the docs pages are off."""
+    jwt_secret: str | None = None
+    """`PIPELINE_JWT_SECRET`: the Supabase project's JWT secret (HS256). A request with a user's JWT then runs
+    its queries as the token's role (anon or authenticated), under row-level security."""
+    metrics_host: str = "127.0.0.1"
+    """`PIPELINE_METRICS_HOST`: address of `run --metrics-port`'s /metrics and /healthz (no auth: loopback)."""
     max_unindexed: int = 10_000
     """`PIPELINE_MAX_UNINDEXED`: most vectors of a row source that may wait for the vector index. The worker
     writes new vectors beside the index and moves them into it when nothing is left to embed; searches scan
@@ -129,6 +137,10 @@ class Settings:
 
 def _parse(field: dataclasses.Field[Any], raw: str, name: str) -> Any:
     kind = str(field.type)
+    if kind.startswith("bool"):
+        if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{name}={raw!r} is not a boolean (1/0, true/false)")
+        return raw.lower() in ("1", "true", "yes", "on")
     try:
         if kind.startswith("int"):
             return int(raw)

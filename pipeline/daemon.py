@@ -289,7 +289,9 @@ class Daemon:
 
             self.metrics = Metrics()
             self.metrics.model_load_seconds.set(getattr(self.worker.embedder, "load_seconds", 0.0))
-            http = serve(port=self.metrics_port, host="0.0.0.0", metrics=self.metrics, health=self.health)
+            http = serve(
+                port=self.metrics_port, host=self.settings.metrics_host, metrics=self.metrics, health=self.health
+            )
             scheduler.add_job(self.lag_job, "interval", seconds=10, id="lag", max_instances=1, coalesce=True)
             scheduler.add_job(self.lag_job, id="lag-now")
         self._scheduler = scheduler

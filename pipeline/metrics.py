@@ -1,4 +1,5 @@
-"""Prometheus metrics and a health check for the daemon, served on one port (`run --metrics-port`)."""
+"""Prometheus metrics and a health check for the daemon, served on one port (`run --metrics-port`), on the
+loopback interface unless `--metrics-host` opens it (neither route takes a token)."""
 
 from __future__ import annotations
 
@@ -77,9 +78,14 @@ class Metrics:
 
 
 def serve(
-    *, port: int, host: str, metrics: Metrics, health: Callable[[], tuple[bool, dict[str, Any]]]
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    metrics: Metrics,
+    health: Callable[[], tuple[bool, dict[str, Any]]],
 ) -> ThreadingHTTPServer:
     """Serve `/metrics` and `/healthz` on a background thread; return the server (call `shutdown()`)."""
+    from pipeline.api import is_loopback
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -105,6 +111,9 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     logger.info("metrics and health on http://%s:%d/metrics and /healthz", host, server.server_address[1])
+    if not is_loopback(host):
+        # Queue depths and table names are not secrets, but they are nobody else's business either.
+        logger.warning("/metrics and /healthz take no token and listen on %s: keep that port off the internet", host)
     return server
 
 

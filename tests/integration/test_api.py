@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -111,7 +113,7 @@ def test_auth_limits_and_errors(client: Any) -> None:
         client.post("/ml/embed", content=b"{not json", headers={**AUTH, "content-type": "application/json"}).status_code
         == 422
     )
-    assert client.get("/openapi.json").json()["paths"].keys() >= {
+    assert client.get("/openapi.json", headers=AUTH).json()["paths"].keys() >= {
         "/ml/embed",
         "/ml/segmentar",
         "/ml/classify",
@@ -124,7 +126,7 @@ def test_fuzz_of_the_openapi_schema_finds_no_server_error(db_url: str, embedder:
 
     app = make_app(db_url, embedder, api_max_texts=4, api_max_chars=200, api_max_body=20_000)
     with TestClient(app):  # runs the lifespan: the connection pool opens
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 5
         calls: list[int] = []
@@ -189,3 +191,117 @@ def test_segmentar_example_of_the_docs_works_and_errors_speak_of_the_request(cli
     too_many = client.post("/ml/segmentar", json={"rows": rows, "clusters": 3}, headers=AUTH)
     assert too_many.status_code == 422 and "--" not in too_many.json()["error"]
     assert "ask for 2 or fewer" in too_many.json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_413(client: Any) -> None:
+    def chunks() -> Any:  # no Content-Length: the limit is found while the body is read
+        yield b'{"text": "'
+        for _ in range(30):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    huge = client.post("/ml/embed", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert "content-length" not in {k.lower() for k in huge.request.headers}
+    assert huge.status_code == 413 and huge.json() == {"error": "request body over 200000 bytes"}
+    small = client.post(
+        "/ml/embed", content=iter([b'{"text": ', b'"x"}']), headers={**AUTH, "content-type": "application/json"}
+    )
+    assert small.status_code == 200 and len(small.json()["embedding"]) == 384
+
+
+def test_the_schema_and_docs_need_the_token_unless_opened(db_url: str, embedder: Any) -> None:
+    with TestClient(make_app(db_url, embedder)) as closed:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert closed.get(path).status_code in (401, 404), path
+        assert closed.get("/openapi.json").status_code == 401
+        assert closed.get("/openapi.json", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert "/ml/search" in closed.get("/openapi.json", headers=AUTH).json()["paths"]
+        for path in ("/docs", "/redoc"):  # the pages could not load the schema without the token anyway
+            off = closed.get(path, headers=AUTH)
+            assert off.status_code == 404 and "--public-docs" in off.json()["error"]
+        assert "/openapi.json" not in closed.get("/openapi.json", headers=AUTH).json()["paths"]
+    with TestClient(make_app(db_url, embedder, api_public_docs=True)) as opened:
+        assert "/ml/search" in opened.get("/openapi.json").json()["paths"]
+        assert "swagger" in opened.get("/docs").text.lower() and "redoc" in opened.get("/redoc").text.lower()
+        assert opened.post("/ml/embed", json={"text": "x"}).status_code == 401  # the routes still take the token
+    from pipeline.config import Settings as Loaded
+
+    assert Loaded.load(environ={"PIPELINE_API_PUBLIC_DOCS": "1"}).api_public_docs
+    assert not Loaded.load(environ={}).api_public_docs
+    # Without any token (a loopback-only server) nothing is closed, the schema included.
+    from pipeline.api import create_app
+
+    with TestClient(create_app(settings=Settings(), url=db_url, embedder=embedder)) as open_server:
+        assert open_server.get("/openapi.json").status_code == 200
+
+
+def test_the_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PIPELINE_API_PUBLIC_DOCS", "PIPELINE_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", "a-secret-of-the-project-at-least-32-bytes")
+    flagged = settings_of(["serve", "--public-docs", "--jwt-secret-env", "SUPABASE_JWT_SECRET"], monkeypatch)
+    assert flagged.api_public_docs and flagged.jwt_secret == "a-secret-of-the-project-at-least-32-bytes"
+    plain = settings_of(["serve"], monkeypatch)
+    assert not plain.api_public_docs and plain.jwt_secret is None
+    monkeypatch.setenv("PIPELINE_JWT_SECRET", "from-the-environment")
+    assert settings_of(["serve"], monkeypatch).jwt_secret == "from-the-environment"
+
+
+def test_serve_names_an_unset_secret_variable_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import cli
+
+    assert cli.main(["serve", "--jwt-secret-env", "PIPELINE_TEST_NO_SUCH_VARIABLE"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pipeline: error: --jwt-secret-env PIPELINE_TEST_NO_SUCH_VARIABLE: that environment variable is not set"
+    )
+
+
+def settings_of(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings `pipeline ARGV` would run its command with."""
+    from pipeline import cli
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(cli, "_configure_logging", lambda _args: None)  # keep pytest's log capture
+    monkeypatch.setitem(cli.COMMANDS, argv[0], lambda _args, settings: seen.append(settings) or 0)
+    assert cli.main(argv) == 0
+    return seen[0]
+
+
+def metrics_socket(settings: Settings, db_url: str, worker: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The address the daemon's /metrics listens on, its drain loop running with `settings`."""
+    from pipeline import metrics
+    from pipeline.daemon import Daemon
+
+    servers: list[Any] = []
+    real = metrics.serve
+    monkeypatch.setattr(metrics, "serve", lambda **kw: servers.append(real(**kw)) or servers[-1])
+    daemon = Daemon(settings=settings, url=db_url, worker=worker, metrics_port=0)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not servers:
+            assert time.monotonic() < deadline and thread.is_alive(), "no metrics server"
+            time.sleep(0.05)
+        host, port = servers[0].socket.getsockname()[:2]
+        # The server answers on loopback either way.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert b"pipeline_model_load_seconds" in response.read()
+        return str(host)
+    finally:
+        daemon.stop.set()
+        thread.join(30)
+
+
+def test_metrics_listen_on_loopback_unless_the_flag_opens_them(
+    db_url: str, worker: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("PIPELINE_METRICS_HOST", raising=False)
+    default = settings_of(["run", "--metrics-port", "0", "--interval", "300"], monkeypatch)
+    assert metrics_socket(default, db_url, worker, monkeypatch) == "127.0.0.1"
+    assert "take no token" not in caplog.text
+    opened = settings_of(["run", "--metrics-port", "0", "--interval", "300", "--metrics-host", "0.0.0.0"], monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert metrics_socket(opened, db_url, worker, monkeypatch) == "0.0.0.0"
+    assert "take no token and listen on 0.0.0.0" in caplog.text
+    assert Settings.load(environ={"PIPELINE_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
