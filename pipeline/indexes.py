@@ -4,16 +4,23 @@ Every UPDATE or INSERT of a row with a vector adds an entry to its HNSW index, a
 the database's cost per row (docs/benchmarks.md). When nearly every row of a big table is about to be
 written (the first segment fit, the first backfill of an adopted table), it is cheaper to drop the index
 (concurrently: searches go on, exact and slower), write, and build it again (concurrently: neither
-searches nor writes wait for the build). The index's definition is kept in `pipeline.state` until it is
-back, so an interrupted rebuild is finished by the next `restore_vector_indexes` (the next fit or
-backfill) and `pipeline status` says so meanwhile.
+searches nor writes wait for the build). What it takes to build the index again is kept in
+`pipeline.state` (key `index:NAME`, written by the owner only) until it is back, so an interrupted rebuild
+is finished by the next `restore_vector_indexes` (the next fit or backfill) and `pipeline status` says so
+meanwhile.
+
+Nothing kept there is executed: the index is built from a fixed template, and only on the vector column
+of a source's table, with an operator class and options of pgvector's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from psycopg import sql
 
@@ -22,23 +29,81 @@ from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
 
+_OPCLASS = re.compile(r"^(vector|halfvec|sparsevec|bit)_(cosine|l2|ip|l1|hamming|jaccard)_ops$")
+_OPTIONS = {"hnsw": ("m", "ef_construction"), "ivfflat": ("lists",)}
+# How versions before 0011 kept a definition: pg_get_indexdef's text, read here, never executed.
+_LEGACY = re.compile(
+    r"^CREATE INDEX \S+ ON (?P<table>[\w.\"]+) USING (?P<method>hnsw|ivfflat) \((?P<column>\w+) (?P<opclass>\w+)\)"
+    r"(?: WITH \((?P<options>[\w=', ]*)\))?$"
+)
+
 
 def _identifier(name: str) -> sql.Identifier:
     return sql.Identifier(*name.split("."))
 
 
 def defer_vector_indexes(conn: Connection, source: Source) -> list[str]:
-    """Drop the vector indexes of the source's table (concurrently), keeping their definitions.
+    """Drop the vector indexes of the source's table (concurrently), keeping what it takes to build them again.
 
     `conn` must be in autocommit mode, outside a transaction.
     """
     target = source.chunks if source.chunked else source.table
     indexes = conn.execute(query("vector_indexes"), {"table": target.as_string(conn)}).fetchall()
     for index in indexes:
-        conn.execute(query("keep_index_definition"), {"key": f"index:{index['name']}", "value": index["definition"]})
+        value = json.dumps(index["definition"], sort_keys=True)
+        conn.execute(query("keep_index_definition"), {"key": f"index:{index['name']}", "value": value})
         conn.execute(sql.SQL("drop index concurrently if exists {}").format(_identifier(index["name"])))
         logger.info("vector index %s set aside for a bulk write; it is built again afterwards", index["name"])
     return [index["name"] for index in indexes]
+
+
+def index_statement(conn: Connection, name: str, kept: str) -> sql.Composed | None:
+    """`create index concurrently` for a kept index, from the fixed template; None when what was kept does not
+    describe a vector index on a source's vector column (it is then not built)."""
+    try:
+        spec: dict[str, Any] = json.loads(kept)
+    except ValueError:
+        legacy = _LEGACY.match(kept)
+        if legacy is None:
+            return None
+        options = dict(
+            (part.split("=", 1)[0].strip(), part.split("=", 1)[1].strip(" '"))
+            for part in (legacy["options"] or "").split(",")
+            if "=" in part
+        )
+        spec = {**legacy.groupdict(), "table": legacy["table"].replace('"', ""), "options": options}
+    if not isinstance(spec, dict):
+        return None
+    tables = {s.qualified: s for s in load_sources(conn)}
+    tables |= {f"{s.table_schema}.{s.chunk_table}": s for s in tables.copy().values() if s.chunk_table}
+    table = str(spec.get("table", ""))
+    method, options = spec.get("method"), spec.get("options") or {}
+    if (
+        table not in tables
+        or spec.get("column") not in ("embedding", "embedding_unindexed")
+        or method not in _OPTIONS
+        or not _OPCLASS.match(str(spec.get("opclass", "")))
+        or not isinstance(options, dict)
+        or any(k not in _OPTIONS[method] or not str(v).isdigit() for k, v in options.items())
+    ):
+        return None
+    with_options = sql.SQL("")
+    if options:
+        with_options = sql.SQL(" with ({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.SQL(k), sql.Literal(int(options[k])))
+                for k in _OPTIONS[method]
+                if k in options
+            )
+        )
+    return sql.SQL("create index concurrently {name} on {table} using {method} ({column} {opclass}){options}").format(
+        name=sql.Identifier(name.rsplit(".", 1)[-1]),  # an index lives in its table's schema
+        table=_identifier(table),
+        method=sql.SQL(method),
+        column=sql.Identifier(spec["column"]),
+        opclass=sql.SQL(spec["opclass"]),
+        options=with_options,
+    )
 
 
 def restore_vector_indexes(conn: Connection, names: Sequence[str] | None = None) -> list[str]:
@@ -47,6 +112,13 @@ def restore_vector_indexes(conn: Connection, names: Sequence[str] | None = None)
     for row in conn.execute(query("kept_index_definitions")).fetchall():
         name = row["key"].removeprefix("index:")
         if names is not None and name not in names:
+            continue
+        statement = index_statement(conn, name, row["value"])
+        if statement is None:
+            logger.warning(
+                "pipeline.state %s does not describe a vector index of a source: not built, forgotten", row["key"]
+            )
+            conn.execute("delete from pipeline.state where key = %s", (row["key"],))
             continue
         found = conn.execute(
             "select i.indisvalid as valid from pg_index i where i.indexrelid = to_regclass(%s)", (name,)
@@ -57,7 +129,7 @@ def restore_vector_indexes(conn: Connection, names: Sequence[str] | None = None)
             started = time.perf_counter()
             conn.execute("set maintenance_work_mem = '512MB'")
             try:
-                conn.execute(row["value"].replace("CREATE INDEX ", "CREATE INDEX CONCURRENTLY ", 1).encode())
+                conn.execute(statement)
             finally:
                 conn.execute("reset maintenance_work_mem")
             logger.info("vector index %s built again in %.1fs", name, time.perf_counter() - started)

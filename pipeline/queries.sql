@@ -213,6 +213,17 @@ where t.relkind = 'r' and t.nspname = 'public' and not t.relrowsecurity
   and pg_catalog.has_table_privilege(a.rolname, t.oid, priv.p)
 group by t.nspname, t.relname
 union all
+-- Rights that row-level security does not govern (0005, `source add` take them from the API roles).
+select 'api_role_table_rights', t.nspname || '.' || t.relname,
+       'the API roles can ' || string_agg(distinct a.rolname || ' ' || lower(priv.p), ', ')
+       || ' it whatever its policies say: revoke truncate, references, trigger on '
+       || t.nspname || '.' || t.relname || ' from anon, authenticated'
+from tables t
+cross join api_roles a
+cross join (values ('TRUNCATE'), ('REFERENCES'), ('TRIGGER')) priv (p)
+where t.relkind = 'r' and t.nspname <> 'pipeline' and pg_catalog.has_table_privilege(a.rolname, t.oid, priv.p)
+group by t.nspname, t.relname
+union all
 select 'security_definer_view', t.nspname || '.' || t.relname, 'view without security_invoker'
 from tables t
 where t.relkind = 'v'
@@ -349,15 +360,27 @@ set label = excluded.label, probability = excluded.probability, probabilities = 
     version = excluded.version, scored_at = now()
 
 -- vector_indexes --
--- The HNSW and IVFFlat indexes of a table that the current role may drop (it owns the table), as
--- schema-qualified names with their definitions.
-select format('%%I.%%I', n.nspname, c.relname) as name, pg_get_indexdef(i.indexrelid) as definition
+-- The HNSW and IVFFlat indexes of a table that the current role may drop (it owns the table), each as
+-- what it takes to build it again from a fixed template: table, column, operator class, options.
+select format('%%I.%%I', n.nspname, c.relname) as name,
+       jsonb_build_object(
+           'table', (select tn.nspname || '.' || tc.relname from pg_class tc
+                     join pg_namespace tn on tn.oid = tc.relnamespace where tc.oid = i.indrelid),
+           'column', a.attname,
+           'method', am.amname,
+           'opclass', opc.opcname,
+           'options', coalesce((
+               select jsonb_object_agg(split_part(o, '=', 1), split_part(o, '=', 2)) from unnest(c.reloptions) o
+           ), '{}')
+       ) as definition
 from pg_index i
 join pg_class c on c.oid = i.indexrelid
 join pg_namespace n on n.oid = c.relnamespace
 join pg_am am on am.oid = c.relam
-where i.indrelid = to_regclass(%(table)s) and am.amname in ('hnsw', 'ivfflat')
-  and pg_has_role(c.relowner, 'USAGE')
+join pg_opclass opc on opc.oid = i.indclass[0]
+join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+where i.indrelid = to_regclass(%(table)s) and am.amname in ('hnsw', 'ivfflat') and i.indnatts = 1
+  and i.indpred is null and pg_has_role(c.relowner, 'USAGE')
 
 -- keep_index_definition --
 insert into pipeline.state (key, value) values (%(key)s, %(value)s)

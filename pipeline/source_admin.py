@@ -28,7 +28,7 @@ BUILT_IN_FUNCTIONS = ("match_dores", "match_documents")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*\s*$")
 KEY_TYPES = {"int8": "bigint", "int4": "integer", "int2": "integer", "uuid": "uuid", "text": "text", "varchar": "text"}
-TRIGGER_FUNCTIONS = ("enqueue_row", "forget_row", "forget_table", "notify_queue")
+TRIGGER_FUNCTIONS = ("enqueue_row", "forget_row", "forget_table", "notify_queue", "keep_derived_columns")
 
 
 def add_source(
@@ -210,6 +210,7 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
         )
         _unindexed_column(conn, source, dim)
     _triggers(conn, source)
+    _guard(conn, source)
     _search_function(conn, source, dim)
 
 
@@ -254,6 +255,7 @@ def refresh_search_functions(conn: Connection) -> list[str]:
                 if not source.chunked and not source.deferred:
                     _unindexed_column(conn, source, dim)
                     source = dataclasses.replace(source, deferred=True)
+                _guard(conn, source)
                 _search_function(conn, source, dim)
         except psycopg.Error as exc:
             logger.warning("source %s keeps its search functions: %s", source.name, str(exc).strip().splitlines()[0])
@@ -263,12 +265,45 @@ def refresh_search_functions(conn: Connection) -> list[str]:
 
 
 def _close_to_api_roles(conn: Connection, table: sql.Composable) -> None:
-    """A table the pipeline creates gets row-level security and nothing outside its reach (0005)."""
+    """A table the pipeline creates gets row-level security (0005); `_guard` takes the rest."""
     conn.execute(sql.SQL("alter table {} enable row level security").format(table))
-    for row in conn.execute("select rolname from pg_roles where rolname in ('anon', 'authenticated')").fetchall():
-        conn.execute(
-            sql.SQL("revoke truncate, references, trigger on {} from {}").format(table, sql.Identifier(row["rolname"]))
+
+
+def _guard(conn: Connection, source: Source) -> None:
+    """Keep the pipeline's own columns the pipeline's (sql/repeatable/security.sql): a vector, model, hash or
+    segment written by any other role is dropped, a chunk written by one refused. And the rights that
+    row-level security does not govern are taken from the API roles, as 0005 does for dores."""
+    derived = ["embedding_model", "content_hash", "embedded_at"]
+    if not source.chunked:
+        derived = ["embedding", *(["embedding_unindexed"] if source.deferred else []), *derived]
+        derived += [source.segment_column] if source.segment_column else []
+    statement = (
+        "create or replace trigger pipeline_keep_derived before insert or update of {columns} on {table}"
+        " for each row execute function pipeline.keep_derived_columns({args})"
+    )
+    conn.execute(
+        sql.SQL(statement).format(
+            columns=sql.SQL(", ").join(map(sql.Identifier, derived)),
+            table=source.table,
+            args=sql.SQL(", ").join(map(sql.Literal, derived)),
         )
+    )
+    tables = [source.table]
+    if source.chunked:
+        conn.execute(
+            sql.SQL(
+                "create or replace trigger pipeline_keep_derived before insert or update on {}"
+                " for each row execute function pipeline.keep_derived_columns()"
+            ).format(source.chunks)
+        )
+        tables.append(source.chunks)
+    for row in conn.execute("select rolname from pg_roles where rolname in ('anon', 'authenticated')").fetchall():
+        for table in tables:
+            conn.execute(
+                sql.SQL("revoke truncate, references, trigger on {} from {}").format(
+                    table, sql.Identifier(row["rolname"])
+                )
+            )
 
 
 def _triggers(conn: Connection, source: Source) -> None:

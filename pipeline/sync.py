@@ -22,7 +22,7 @@ from pipeline.chunking import chunk_text
 from pipeline.config import Settings
 from pipeline.db import Connection, query, translate_errors
 from pipeline.embedding import Embedder, ResolvedModel
-from pipeline.errors import ModelMismatchError, PipelineError, RowSecurityError, SourceUnavailable
+from pipeline.errors import DatabaseError, ModelMismatchError, PipelineError, RowSecurityError, SourceUnavailable
 from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,18 @@ def record_model(conn: Connection, embedder: Embedder) -> None:
                 f"{embedder.name} makes {embedder.dimension}-dimensional vectors but the tables hold "
                 f"vector({column}); run `pipeline reembed --model {embedder.name}` to switch"
             )
-        conn.execute(query("record_model"), {"model": embedder.name, "dimension": embedder.dimension})
+    recorded, _ = recorded_model(conn)
+    if recorded is None:
+        try:
+            with translate_errors():
+                conn.execute(query("record_model"), {"model": embedder.name, "dimension": embedder.dimension})
+        except DatabaseError as exc:  # the owner's key (sql/repeatable/security.sql)
+            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise
+            raise PipelineError(
+                "no model is recorded in this database yet, and only the owner of its tables records one: "
+                "run `pipeline sync` once as the owner (on Supabase: postgres), then start the worker"
+            ) from exc
     check_model(conn, embedder.name)
 
 

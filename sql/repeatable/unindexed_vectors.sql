@@ -56,7 +56,9 @@ begin
 end
 $$;
 
--- Words and meaning together, as in hybrid_search.sql; the vector side also ranks the waiting vectors.
+-- Words and meaning together, as in hybrid_search.sql; the vector side also ranks the waiting vectors. The
+-- words are those of pipeline.dor_text spelled with built-in operators (the expression of dores_words_idx,
+-- 0011): a caller needs no right on schema pipeline.
 create or replace function public.match_dores_hybrid(
     query_text text,
     query_embedding vector(384),
@@ -88,16 +90,16 @@ as $$
         cross join lateral (
             select count(*) as n
             from public.dores d
-            where to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)) @@ w.q
+            where to_tsvector('portuguese'::regconfig, d.dor_base || coalesce(E'\n' || nullif(d.solucao_graventum, ''), '')) @@ w.q
               and coalesce(d.embedding, d.embedding_unindexed) is not null
               and (filter_segmento is null or d.segmento = filter_segmento)
         ) df
         where df.n > 0
     ),
     matching as materialized (
-        select d.id, to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum)) as fts
+        select d.id, to_tsvector('portuguese'::regconfig, d.dor_base || coalesce(E'\n' || nullif(d.solucao_graventum, ''), '')) as fts
         from public.dores d
-        where to_tsvector('portuguese'::regconfig, pipeline.dor_text(d.dor_base, d.solucao_graventum))
+        where to_tsvector('portuguese'::regconfig, d.dor_base || coalesce(E'\n' || nullif(d.solucao_graventum, ''), ''))
               @@ (select string_agg(q::text, ' | ')::tsquery from weighted)
           and coalesce(d.embedding, d.embedding_unindexed) is not null
           and (filter_segmento is null or d.segmento = filter_segmento)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
 from pipeline.db import connect
+from pipeline.sync import record_model
 from tests.conftest import ROOT, run_cli
 
 
@@ -16,7 +19,7 @@ def role_block() -> str:
     return text.split("## A role for the daemon", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
 
 
-def test_least_privilege_role_syncs_and_segments(db_url: str) -> None:
+def test_least_privilege_role_syncs_and_segments(db_url: str, embedder: Any) -> None:
     with connect(db_url) as conn:
         conn.execute("drop role if exists pipeline_worker")
     try:
@@ -24,6 +27,7 @@ def test_least_privilege_role_syncs_and_segments(db_url: str) -> None:
             conn.execute(role_block().encode())
             conn.execute("insert into dores (dor_base) select 'dor número ' || g from generate_series(1, 30) g")
             conn.execute("insert into documents (title, content) values ('Doc', 'Um documento.')")
+            record_model(conn, embedder)  # the owner records the model; the worker may not
         worker_url = make_conninfo(db_url, user="pipeline_worker")
         synced = run_cli("sync", "--json", db_url=worker_url)
         assert synced.returncode == 0, synced.stderr

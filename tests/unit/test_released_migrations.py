@@ -16,6 +16,7 @@ RELEASED = {
     "0008_dores_full_text.sql": "92a73981ecce2aa1e4d28b3c570d51d60e8a900e07bd5f4a84c6dc7917adc66d",
     "0009_classifiers.sql": "a41be0089ac73d41090eea895e09f65168aaf73a24096d7711ea79fbf8309278",
     "0010_vectors_waiting_for_the_index.sql": "dfec92104c08b0ad4408010651fdea281a2d855d86975839636694815894f88f",
+    "0011_trust_flows_downward.sql": "ec8f7b7f2223514cb9e998d8a6fe5cf1c9b28d56752f0f6afa2c656888bf7be9",
 }
 
 
