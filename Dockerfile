@@ -8,7 +8,6 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY requirements.txt pyproject.toml README.md ./
 COPY pipeline ./pipeline
-COPY sql ./sql
 RUN pip install -r requirements.txt -e .
 
 RUN useradd --system --home /app pipeline && mkdir -p /models && chown pipeline /models

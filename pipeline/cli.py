@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("migrate", parents=[common], help="create or update the schema (sql/NNNN_*.sql, each once)")
+    sub.add_parser("migrate", parents=[common], help="create or update the schema (pipeline/sql/NNNN_*.sql, each once)")
 
     p = sub.add_parser("run", parents=[common], help="daemon: embed new and changed rows as they arrive")
     p.add_argument("--interval", type=float, help="seconds between polls when no NOTIFY arrives (default 30)")

@@ -1,4 +1,4 @@
-"""Apply the numbered files of `sql/` once each, in order, under an advisory lock, with checksums."""
+"""Apply the numbered files of `pipeline/sql/` once each, in order, under an advisory lock, with checksums."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ class Migration:
 
 
 def sql_dir() -> Path:
-    """`sql/` beside the package (a source checkout or an editable install), or `PIPELINE_SQL_DIR`."""
+    """The package's own `sql/` (installed with it: a wheel migrates from any directory), or `PIPELINE_SQL_DIR`."""
     override = os.environ.get("PIPELINE_SQL_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "sql"
+    return Path(override) if override else Path(__file__).resolve().parent / "sql"
 
 
 def repeatable(directory: Path | None = None) -> list[Migration]:

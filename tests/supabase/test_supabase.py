@@ -147,7 +147,7 @@ def test_the_security_advisor_finds_nothing_on_the_pipelines_objects(supabase: P
 def test_rerunning_a_released_file_by_hand_is_noticed_and_repaired(supabase: Project, embedder: Any) -> None:
     load_sample(supabase, embedder, dores=3)
     with psycopg.connect(supabase.postgres_url, autocommit=True) as conn:  # the SQL editor
-        conn.execute((ROOT / "sql" / "0001_init.sql").read_bytes())
+        conn.execute((ROOT / "pipeline" / "sql" / "0001_init.sql").read_bytes())
     found = {(lint, obj) for lint, obj in lints(supabase.postgres_url)}
     assert ("function_search_path_mutable", "pipeline.enqueue_row()") in found
     status = run_cli("status", db_url=supabase.postgres_url)
@@ -163,10 +163,10 @@ def test_rerunning_a_released_file_by_hand_is_noticed_and_repaired(supabase: Pro
 
 def test_repeatable_file_pasted_in_a_fresh_session_as_postgres(supabase: Project, embedder: Any) -> None:
     load_sample(supabase, embedder, dores=3)
-    functions = (ROOT / "sql" / "repeatable" / "functions.sql").read_text()
+    functions = (ROOT / "pipeline" / "sql" / "repeatable" / "functions.sql").read_text()
     with psycopg.connect(supabase.postgres_url) as conn:  # one transaction, as the SQL editor sends it
         conn.execute(functions.encode())
-    hybrid = (ROOT / "sql" / "0003_hybrid_search.sql").read_text()
+    hybrid = (ROOT / "pipeline" / "sql" / "0003_hybrid_search.sql").read_text()
     with psycopg.connect(supabase.postgres_url) as conn:
         conn.execute(b"select '[1]'::extensions.vector")  # docs/supabase.md: load pgvector first
         conn.execute(hybrid.encode())
