@@ -140,13 +140,13 @@ def main() -> None:
                 time.sleep(0.25 if left > settings.claim_size else 0.01)
             elapsed = time.perf_counter() - t0
             done = conn.execute(
-                f"select count(*) as n from {args.source} where coalesce(embedding, embedding_unindexed) is not null"
+                f"select count(*) as n from {args.source} where embedding is not null"
             ).fetchone()["n"]
             assert done == args.rows, f"only {done} of {args.rows} rows embedded"
             if args.classifier:
                 scored = conn.execute("select count(*) as n from pipeline.predictions").fetchone()["n"]
                 assert scored == args.rows, f"only {scored} of {args.rows} rows scored"
-            waiting = f"select exists (select from {args.source} where embedding_unindexed is not null) as waiting"
+            waiting = f"select exists (select from {args.source} where not embedding_indexed) as waiting"
             while conn.execute(waiting).fetchone()["waiting"]:
                 time.sleep(0.25)
             index_times.append(time.perf_counter() - t0)

@@ -80,11 +80,12 @@ def index_statement(conn: Connection, name: str, kept: str) -> sql.Composed | No
     method, options = spec.get("method"), spec.get("options") or {}
     if (
         table not in tables
-        or spec.get("column") not in ("embedding", "embedding_unindexed")
+        or spec.get("column") != "embedding"
         or method not in _OPTIONS
         or not _OPCLASS.match(str(spec.get("opclass", "")))
         or not isinstance(options, dict)
         or any(k not in _OPTIONS[method] or not str(v).isdigit() for k, v in options.items())
+        or spec.get("predicate") not in (None, "embedding_indexed")
     ):
         return None
     with_options = sql.SQL("")
@@ -96,13 +97,16 @@ def index_statement(conn: Connection, name: str, kept: str) -> sql.Composed | No
                 if k in options
             )
         )
-    return sql.SQL("create index concurrently {name} on {table} using {method} ({column} {opclass}){options}").format(
+    where = sql.SQL(" where embedding_indexed" if spec.get("predicate") else "")  # only the rows in the graph
+    statement = "create index concurrently {name} on {table} using {method} ({column} {opclass}){options}{where}"
+    return sql.SQL(statement).format(
         name=sql.Identifier(name.rsplit(".", 1)[-1]),  # an index lives in its table's schema
         table=_identifier(table),
         method=sql.SQL(method),
         column=sql.Identifier(spec["column"]),
         opclass=sql.SQL(spec["opclass"]),
         options=with_options,
+        where=where,
     )
 
 

@@ -62,6 +62,13 @@ def repeatable(directory: Path | None = None) -> list[Migration]:
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.sql"))]
 
 
+def checksummed(directory: Path | None = None) -> list[Migration]:
+    """What `migrate` applies every time: the repeatable files and the search functions' template."""
+    directory = directory or sql_dir()
+    templates = sorted((directory / "templates").glob("*.sql"))
+    return repeatable(directory) + [Migration(f"templates/{p.name}", p.read_text(encoding="utf-8")) for p in templates]
+
+
 def load(directory: Path | None = None) -> list[Migration]:
     """The migration files in order; a misnamed or duplicated number is an error."""
     directory = directory or sql_dir()
@@ -116,16 +123,24 @@ def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
                         (migration.name, migration.checksum),
                     )
                 applied_now.append(migration.name)
-            for migration in repeatable(directory):
-                with conn.transaction():
+            # Functions, views, triggers and every source's search functions change together: no search runs
+            # against half of a new version.
+            with conn.transaction():
+                for migration in repeatable(directory):
                     conn.execute(migration.sql.encode())
-                    # Remembered, so that code whose repeatable file changed asks for `migrate` (`pending`).
+                refresh_search_functions(conn)
+                # Remembered, so that code whose repeatable files changed asks for `migrate` (`pending`).
+                checksums = {f"repeatable:{m.name}": m.checksum for m in checksummed(directory)}
+                conn.execute(
+                    "delete from pipeline.state where starts_with(key, 'repeatable:') and not key = any(%s)",
+                    (list(checksums),),
+                )
+                for key, checksum in checksums.items():
                     conn.execute(
                         "insert into pipeline.state (key, value) values (%s, %s)"
                         " on conflict (key) do update set value = excluded.value, updated_at = now()",
-                        (f"repeatable:{migration.name}", migration.checksum),
+                        (key, checksum),
                     )
-            refresh_search_functions(conn)  # sources added by `source add` get this version's search functions
             unknown = sorted(set(applied) - {m.name for m in migrations})
             if unknown:
                 logger.warning("the database has migrations this code does not know: %s", ", ".join(unknown))
@@ -169,7 +184,11 @@ def pending(conn: Connection, directory: Path | None = None) -> list[str]:
             for row in conn.execute("select key, value from pipeline.state where starts_with(key, 'repeatable:')")
         }
     missing = [name for name in names if name not in done]
-    return missing + [f"repeatable/{m.name}" for m in repeatable(directory) if applied.get(m.name) != m.checksum]
+    return missing + [
+        m.name if m.name.startswith("templates/") else f"repeatable/{m.name}"
+        for m in checksummed(directory)
+        if applied.get(m.name) != m.checksum
+    ]
 
 
 def require_current(conn: Connection) -> None:

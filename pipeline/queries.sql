@@ -258,14 +258,14 @@ select s.*,
        ), '{}') as jsonb_metadata,
        exists (select 1 from pipeline.classifiers c where c.source = s.name and c.active_version is not null)
            as classified,
-       -- a row source whose vectors can wait for the vector index (migration 0010, `source add`), if this
-       -- role may write them there (a least-privileged worker granted the older columns only may not)
+       -- a row source whose vectors can wait outside the HNSW graph (migration 0012, `source add`), if this
+       -- role may mark them (a least-privileged worker granted the older columns only may not)
        case when s.kind = 'row' and exists (
            select 1 from pg_catalog.pg_attribute a
            where a.attrelid = to_regclass(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name))
-             and a.attname = 'embedding_unindexed' and not a.attisdropped
+             and a.attname = 'embedding_indexed' and not a.attisdropped
        ) then has_column_privilege(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name),
-                                   'embedding_unindexed', 'UPDATE')
+                                   'embedding_indexed', 'UPDATE')
        else false end as deferred
 from pipeline.sources s
 where %(names)s::text[] is null or s.name = any(%(names)s::text[])
@@ -371,7 +371,8 @@ select format('%%I.%%I', n.nspname, c.relname) as name,
            'opclass', opc.opcname,
            'options', coalesce((
                select jsonb_object_agg(split_part(o, '=', 1), split_part(o, '=', 2)) from unnest(c.reloptions) o
-           ), '{}')
+           ), '{}'),
+           'predicate', pg_get_expr(i.indpred, i.indrelid)
        ) as definition
 from pg_index i
 join pg_class c on c.oid = i.indexrelid
@@ -380,7 +381,8 @@ join pg_am am on am.oid = c.relam
 join pg_opclass opc on opc.oid = i.indclass[0]
 join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
 where i.indrelid = to_regclass(%(table)s) and am.amname in ('hnsw', 'ivfflat') and i.indnatts = 1
-  and i.indpred is null and pg_has_role(c.relowner, 'USAGE')
+  and (i.indpred is null or pg_get_expr(i.indpred, i.indrelid) = 'embedding_indexed')
+  and pg_has_role(c.relowner, 'USAGE')
 
 -- keep_index_definition --
 insert into pipeline.state (key, value) values (%(key)s, %(value)s)

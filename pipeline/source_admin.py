@@ -8,7 +8,6 @@ and queues the rows already there. Either all of it happens or none of it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pipeline import search_functions
 from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError
 from pipeline.sources import Source, load_sources
@@ -23,12 +23,19 @@ from pipeline.sources import Source, load_sources
 logger = logging.getLogger(__name__)
 
 BUILT_IN_FUNCTIONS = ("match_dores", "match_documents")
-"""Search functions of the sources that come with the schema (sql/repeatable/)."""
+"""Search functions of the sources that come with the schema: `source remove` leaves them."""
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*\s*$")
 KEY_TYPES = {"int8": "bigint", "int4": "integer", "int2": "integer", "uuid": "uuid", "text": "text", "varchar": "text"}
-TRIGGER_FUNCTIONS = ("enqueue_row", "forget_row", "forget_table", "notify_queue", "keep_derived_columns")
+TRIGGER_FUNCTIONS = (
+    "enqueue_row",
+    "forget_row",
+    "forget_table",
+    "notify_queue",
+    "keep_derived_columns",
+    "copy_metadata_to_chunks",
+)
 
 
 def add_source(
@@ -41,8 +48,10 @@ def add_source(
     metadata: list[str] | None = None,
     language: str = "portuguese",
     backfill: bool = True,
+    chunks_follow_parent: bool = False,
 ) -> tuple[Source, int]:
-    """Register `table` as source `name`; return it and the number of rows queued."""
+    """Register `table` as source `name`; return it and the number of rows queued. With `chunks_follow_parent`,
+    its chunks get the policy of `follow_parent`."""
     if not NAME.match(name):
         raise InputError(f"source name {name!r}: use lowercase letters, digits and _ (starting with a letter)")
     with translate_errors(), conn.transaction():
@@ -78,6 +87,8 @@ def add_source(
         unknown = [c for c in metadata if c not in columns]
         if unknown:
             raise InputError(f"--metadata: {qualified} has no column {', '.join(unknown)}")
+        if chunks_follow_parent and not chunked:
+            raise InputError("--chunks-follow-parent applies to chunked sources (--chunked)")
         if metadata and not chunked:
             raise InputError("--metadata applies to chunked sources (--chunked)")
         if not conn.execute(
@@ -114,6 +125,10 @@ def add_source(
                 source.kind, source.chunk_table, source.chunk_key_column, metadata, source.search_function, language,
             ),
         )  # fmt: skip
+        if chunked:
+            _follow_parent_metadata(conn, source)
+            if chunks_follow_parent:
+                _follow_parent_policy(conn, source, PUBLIC)
         queued = conn.execute(source.queue_all_query()).rowcount if backfill else 0
         conn.execute("select pg_notify('pipeline_queue', %s)", (name,))
     return load_sources(conn, [name])[0], queued
@@ -164,7 +179,7 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
     table, name = source.table, source.name
     key = sql.Identifier(source.key_column)
     dim = sql.SQL(str(int(dimension)))
-    _pin_search_path(conn)
+    search_functions.pin_search_path(conn)
     if "embedding" in columns and not columns["embedding"].startswith("vector"):
         raise InputError(f"{source.qualified} has a column `embedding` of type {columns['embedding']}")
     extra = [
@@ -203,61 +218,55 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
         )
         _close_to_api_roles(conn, chunks)
     else:
+        _indexed_flag(conn, source)
         conn.execute(
-            sql.SQL("create index if not exists {} on {} using hnsw (embedding vector_cosine_ops)").format(
-                sql.Identifier(f"{name}_embedding_idx"), table
-            )
+            sql.SQL(
+                "create index if not exists {} on {} using hnsw (embedding vector_cosine_ops) where embedding_indexed"
+            ).format(sql.Identifier(f"{name}_embedding_idx"), table)
         )
-        _unindexed_column(conn, source, dim)
     _triggers(conn, source)
     _guard(conn, source)
-    _search_function(conn, source, dim)
+    search_functions.create(conn, source, dimension)
 
 
-def _unindexed_column(conn: Connection, source: Source, dim: sql.Composable) -> None:
-    """`embedding_unindexed`, where new vectors wait for the vector index (migration 0010 does the same for
-    dores), and the partial index that finds them."""
+def _indexed_flag(conn: Connection, source: Source) -> None:
+    """`embedding_indexed`: whether a row's vector is in the HNSW graph, which covers only the rows marked so
+    (0012 does the same for dores). A vector is in the graph unless the worker wrote it to wait (searched
+    exactly until the worker marks it); and the partial index that finds those."""
     conn.execute(
-        sql.SQL("alter table {} add column if not exists embedding_unindexed vector({})").format(source.table, dim)
-    )
-    conn.execute(
-        sql.SQL("create index if not exists {} on {} ({}) where embedding_unindexed is not null").format(
-            sql.Identifier(f"{source.name}_embedding_unindexed_idx"), source.table, sql.Identifier(source.key_column)
+        sql.SQL("alter table {} add column if not exists embedding_indexed boolean not null default true").format(
+            source.table
         )
     )
-
-
-def _pin_search_path(conn: Connection) -> None:
-    """For this transaction, the search_path the functions created next keep (`set search_path from
-    current`): the catalog, public and pgvector's schema; and pgvector loaded, so that its settings
-    (hnsw.ef_search) can be attached to them."""
-    vector_schema = conn.execute(
-        "select extnamespace::regnamespace::text as s from pg_extension where extname = 'vector'"
-    ).fetchone()["s"]
-    conn.execute("select set_config('search_path', %s, true)", (f"pg_catalog, public, {vector_schema}",))
-    conn.execute("select '[1]'::vector is not null")
+    waiting = "create index if not exists {} on {} ({}) where embedding is not null and not embedding_indexed"
+    conn.execute(
+        sql.SQL(waiting).format(
+            sql.Identifier(f"{source.name}_embedding_waiting_idx"), source.table, sql.Identifier(source.key_column)
+        )
+    )
 
 
 def refresh_search_functions(conn: Connection) -> list[str]:
-    """Give the sources added with `source add` this version's search functions (`migrate` runs it), and
-    a row source's table the column where vectors wait for the index, if it lacks it.
+    """Give every source this version's search functions, rendered from pipeline/sql/templates/search.sql
+    (`migrate` runs it in the transaction that applies the repeatable files), and the guards of an added
+    source's table (`_guard`).
 
-    `create or replace` keeps each function's owner and grants; a source whose functions this role may
+    `create or replace` keeps each function's owner and grants; an added source whose functions this role may
     not replace keeps them, with a warning. Returns the names of the sources refreshed.
     """
-    added = [s for s in load_sources(conn) if s.search_function not in BUILT_IN_FUNCTIONS]
-    dim = sql.SQL(str(int(_dimension(conn)))) if added else sql.SQL("")
+    dimension = _dimension(conn)
     refreshed = []
-    for source in added:
+    for source in load_sources(conn):
         try:
             with conn.transaction():
-                _pin_search_path(conn)
-                if not source.chunked and not source.deferred:
-                    _unindexed_column(conn, source, dim)
-                    source = dataclasses.replace(source, deferred=True)
-                _guard(conn, source)
-                _search_function(conn, source, dim)
+                if source.search_function not in BUILT_IN_FUNCTIONS:
+                    _guard(conn, source)
+                search_functions.create(conn, source, dimension)
+                if source.chunked and source.search_function not in BUILT_IN_FUNCTIONS:
+                    _follow_parent_metadata(conn, source)  # documents': sql/repeatable/chunks.sql
         except psycopg.Error as exc:
+            if source.search_function in BUILT_IN_FUNCTIONS:
+                raise
             logger.warning("source %s keeps its search functions: %s", source.name, str(exc).strip().splitlines()[0])
             continue
         refreshed.append(source.name)
@@ -275,7 +284,7 @@ def _guard(conn: Connection, source: Source) -> None:
     row-level security does not govern are taken from the API roles, as 0005 does for dores."""
     derived = ["embedding_model", "content_hash", "embedded_at"]
     if not source.chunked:
-        derived = ["embedding", *(["embedding_unindexed"] if source.deferred else []), *derived]
+        derived = ["embedding", *(["embedding_indexed"] if source.deferred else []), *derived]
         derived += [source.segment_column] if source.segment_column else []
     statement = (
         "create or replace trigger pipeline_keep_derived before insert or update of {columns} on {table}"
@@ -341,116 +350,6 @@ def _triggers(conn: Connection, source: Source) -> None:
         )
 
 
-def _search_function(conn: Connection, source: Source, dim: sql.Composable) -> None:
-    """`public.match_NAME`: SECURITY INVOKER (row-level security applies), fixed search_path."""
-    function = sql.Identifier("public", source.search_function)
-    attributes = sql.SQL(
-        "language sql stable security invoker set search_path from current set hnsw.ef_search = 100"
-        " set hnsw.iterative_scan = 'relaxed_order'"
-    )  # a selective filter still finds match_count rows; the results are put back in order
-    if source.chunked:
-        conn.execute(
-            sql.SQL(
-                "create or replace function {function}(query_embedding vector({dim}), match_count int default null,"
-                " filter jsonb default '{{}}')"
-                " returns table (id bigint, content text, metadata jsonb, similarity float)"
-                " {attributes} as $$ select n.id, n.content, n.metadata, 1 - n.distance from ("
-                "  select c.id, c.content, c.metadata, c.embedding <=> query_embedding as distance"
-                "  from {chunks} c where c.metadata @> filter order by c.embedding <=> query_embedding"
-                "  limit match_count) n order by n.distance $$"
-            ).format(function=function, dim=dim, attributes=attributes, chunks=source.chunks)
-        )
-        _hybrid_function(conn, source, dim, attributes)
-        return
-    parts = {"key": sql.Identifier(source.key_column), "text": sql.SQL(source.text_expression), "table": source.table}
-    nearest = sql.SQL(
-        "select t.{key}::text as key, ({text})::text as content, t.embedding <=> query_embedding as distance"
-        " from {table} t where t.embedding is not null order by t.embedding <=> query_embedding limit match_count"
-    ).format(**parts)
-    if source.deferred:  # and the nearest of the vectors that wait for the index, scanned exactly
-        nearest = sql.SQL(
-            "({}) union all (select t.{key}::text, ({text})::text, t.embedding_unindexed <=> query_embedding"
-            " from {table} t where t.embedding_unindexed is not null order by 3 limit match_count)"
-        ).format(nearest, **parts)
-    conn.execute(
-        sql.SQL(
-            "create or replace function {function}(query_embedding vector({dim}), match_count int default 10)"
-            " returns table (id text, content text, similarity float)"
-            " {attributes} as $$ select n.key, n.content, 1 - n.distance from ({nearest}) n"
-            " order by n.distance, n.key limit match_count $$"
-        ).format(function=function, dim=dim, attributes=attributes, nearest=nearest)
-    )
-    _hybrid_function(conn, source, dim, attributes)
-
-
-def _hybrid_function(conn: Connection, source: Source, dim: sql.Composable, attributes: sql.Composable) -> None:
-    """`public.match_NAME_hybrid(query_text, query_embedding, match_count, ...)`: words and meaning fused by
-    reciprocal rank fusion, as `match_documents_hybrid` does, in the source's language (the one a chunked
-    source's `fts` column is built with). A row source's text is read at query time: an index over the
-    owner's expression could make the owner's own writes fail (an expression that raises for a row)."""
-    language = sql.Literal(source.language)
-    if source.chunked:
-        table, document = source.chunks, sql.SQL("t.fts")
-        detoasted = sql.SQL("t.fts || ''::tsvector")  # read once, not once per query word
-        indexed = sql.SQL("t.metadata @> filter")
-        words_searched = sql.SQL("(filter = '{}'::jsonb or t.metadata @> filter)")
-        key, content = sql.SQL("t.id"), sql.SQL("t.content, t.metadata")
-        signature = sql.SQL("filter jsonb default '{}', ")
-        returns = sql.SQL("id bigint, content text, metadata jsonb, similarity float, score float")
-        vector = sql.SQL("t.embedding")
-    else:
-        text = sql.SQL("({})::text").format(sql.SQL(source.text_expression))
-        table = source.table
-        document = detoasted = sql.SQL("to_tsvector({}::regconfig, {})").format(language, text)
-        vector = sql.SQL("coalesce(t.embedding, t.embedding_unindexed)" if source.deferred else "t.embedding")
-        words_searched = sql.SQL("{} is not null").format(vector)
-        indexed = sql.SQL("t.embedding is not null")
-        key, content = sql.SQL("t.{}").format(sql.Identifier(source.key_column)), text
-        signature = sql.SQL("")
-        returns = sql.SQL("id text, content text, similarity float, score float")
-    nearest = sql.SQL(
-        "select {key} as key, t.embedding <=> query_embedding as distance from {table} t where {searched}"
-        " order by t.embedding <=> query_embedding limit greatest(match_count, 60)"
-    ).format(key=key, table=table, searched=indexed)
-    if source.deferred:  # and the nearest of the vectors that wait for the index, scanned exactly
-        nearest = sql.SQL(
-            "({}) union all (select {} as key, t.embedding_unindexed <=> query_embedding from {} t"
-            " where t.embedding_unindexed is not null order by 2 limit greatest(match_count, 60))"
-        ).format(nearest, key, table)
-    conn.execute(
-        sql.SQL(
-            "create or replace function {function}(query_text text, query_embedding vector({dim}),"
-            " match_count int default 10, {signature}full_text_weight float default 1,"
-            " semantic_weight float default 1, rrf_k int default 20)"
-            " returns table ({returns}) {attributes} as $$"
-            " with words as (select quote_literal(w)::tsquery as q"
-            "  from unnest(tsvector_to_array(to_tsvector({language}::regconfig, query_text))) w),"
-            " matching as materialized (select {key} as key, {detoasted} as fts from {table} t"
-            "  where {document} @@ (select string_agg(q::text, ' | ')::tsquery from words) and {words_searched}),"
-            " searched as materialized (select count(*) as n from {table} t where {words_searched}),"
-            " weighted as materialized (select w.q, ln(1 + (s.n - df.n + 0.5) / (df.n + 0.5)) as idf"
-            "  from words w cross join searched s"
-            "  cross join lateral (select count(*) as n from matching m where m.fts @@ w.q) df where df.n > 0),"
-            " full_text as (select m.key, row_number() over (order by r.idf desc, m.key) as rank_ix from matching m"
-            "  cross join lateral (select round(sum(w.idf)::numeric, 9) as idf from weighted w where m.fts @@ w.q) r"
-            "  order by rank_ix limit greatest(match_count, 60)),"
-            " semantic as (select n.key, row_number() over (order by n.distance, n.key) as rank_ix"
-            "  from ({nearest}) n order by n.distance, n.key limit greatest(match_count, 60))"
-            " select {key}{cast}, {content}, 1 - ({vector} <=> query_embedding) as similarity,"
-            "  coalesce(1.0 / (rrf_k + full_text.rank_ix), 0.0) * full_text_weight"
-            "  + coalesce(1.0 / (rrf_k + semantic.rank_ix), 0.0) * semantic_weight as score"
-            " from full_text full outer join semantic on full_text.key = semantic.key"
-            " join {table} t on {key} = coalesce(full_text.key, semantic.key)"
-            " order by score desc, similarity desc limit match_count $$"
-        ).format(
-            function=sql.Identifier("public", f"{source.search_function}_hybrid"), dim=dim, attributes=attributes,
-            signature=signature, returns=returns, language=language, key=key, document=document, table=table,
-            words_searched=words_searched, detoasted=detoasted, content=content, vector=vector, nearest=nearest,
-            cast=sql.SQL("" if source.chunked else "::text"),
-        )
-    )  # fmt: skip
-
-
 def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) -> dict[str, Any]:
     """Take a source out: its triggers, queue and failed rows, search function, chunks; with
     `drop_columns`, the vector columns it added to a row source's table."""
@@ -474,7 +373,7 @@ def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) ->
         if drop_columns and exists:
             columns = ["embedding_model", "content_hash", "embedded_at"]
             if not source.chunked:
-                columns += ["embedding", "embedding_unindexed"]
+                columns += ["embedding", "embedding_indexed"]
             conn.execute(
                 sql.SQL("alter table {} {}").format(
                     source.table,
@@ -491,3 +390,78 @@ def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) ->
         "failed_dropped": failed,
         "columns_dropped": drop_columns,
     }
+
+
+# -- chunks follow their parent ---------------------------------------------------------------------------
+
+FOLLOW_PARENT = "chunks follow their parent"
+"""The name of the policy `follow_parent` puts on a table of chunks."""
+
+PUBLIC = ("public",)
+
+
+def _follow_parent_metadata(conn: Connection, source: Source) -> int:
+    """The trigger that copies a change of the row's metadata columns into its chunks in the same transaction,
+    and the chunks written before it brought up to date (sql/repeatable/chunks.sql); how many were rewritten."""
+    return int(conn.execute("select pipeline.follow_parent_metadata(%s) as n", (source.name,)).fetchone()["n"])
+
+
+def follow_parent(conn: Connection, name: str, *, roles: list[str] | None = None, off: bool = False) -> dict[str, Any]:
+    """Make a chunked source's chunks visible to `roles` (default: every role) exactly when their row is: a
+    policy on the chunk table whose test reads the row under the caller's own row-level security. Owners
+    write their policies once, on the table they know. `off` drops it. Running it again replaces it."""
+    (source,) = load_sources(conn, [name])
+    if not source.chunked:
+        raise InputError(f"{name} is a row source: its vectors are in its own rows, which its own policies govern")
+    roles = list(dict.fromkeys(r.strip() for r in (roles or PUBLIC) if r.strip())) or list(PUBLIC)
+    with translate_errors(), conn.transaction():
+        if conn.execute("select to_regclass(%s) as t", (source.qualified,)).fetchone()["t"] is None:
+            raise InputError(f"{source.qualified}, the table of source {name}, does not exist")
+        if off:
+            conn.execute(sql.SQL("drop policy if exists {} on {}").format(sql.Identifier(FOLLOW_PARENT), source.chunks))
+            return {"source": name, "table": f"{source.table_schema}.{source.chunk_table}", "policy": None}
+        known = {r["rolname"] for r in conn.execute("select rolname from pg_roles where rolname = any(%s)", (roles,))}
+        unknown = [r for r in roles if r != "public" and r not in known]
+        if unknown:
+            raise InputError(f"--roles: no role named {', '.join(unknown)}")
+        warnings = _follow_parent_policy(conn, source, tuple(roles))
+    return {
+        "source": name,
+        "table": f"{source.table_schema}.{source.chunk_table}",
+        "policy": FOLLOW_PARENT,
+        "roles": roles,
+        "warnings": warnings,
+    }
+
+
+def _follow_parent_policy(conn: Connection, source: Source, roles: tuple[str, ...]) -> list[str]:
+    """(Re)create the policy; return what makes it less than the owner may expect."""
+    assert source.chunk_table and source.chunk_key_column
+    conn.execute(sql.SQL("drop policy if exists {} on {}").format(sql.Identifier(FOLLOW_PARENT), source.chunks))
+    # The chunk table's own name, not an alias: inside the subquery it names the chunk row being tested.
+    conn.execute(
+        sql.SQL(
+            "create policy {policy} on {chunks} for select to {roles}"
+            " using (exists (select 1 from {table} p where p.{key} = {chunk_key}))"
+        ).format(
+            policy=sql.Identifier(FOLLOW_PARENT),
+            chunks=source.chunks,
+            roles=sql.SQL(", ").join(sql.SQL("public") if r == "public" else sql.Identifier(r) for r in roles),
+            table=source.table,
+            key=sql.Identifier(source.key_column),
+            chunk_key=sql.Identifier(source.chunk_table, source.chunk_key_column),
+        )
+    )
+    conn.execute(sql.SQL("alter table {} enable row level security").format(source.chunks))
+    warnings = []
+    secured = "select relrowsecurity as secured from pg_class where oid = to_regclass(%s)"
+    if not conn.execute(secured, (source.qualified,)).fetchone()["secured"]:
+        warnings.append(f"{source.qualified} has no row-level security: all of its rows are visible, so all chunks are")
+    readable = "select has_table_privilege(%s, %s, 'SELECT') as ok"
+    for role in roles:
+        if role != "public" and not conn.execute(readable, (role, source.qualified)).fetchone()["ok"]:
+            warnings.append(
+                f"{role} may not read {source.qualified}, so it sees no chunk: `grant select on {source.qualified}"
+                f" to {role}` (its row-level security still decides which rows)"
+            )
+    return warnings

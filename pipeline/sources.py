@@ -41,7 +41,7 @@ class Source:
     jsonb_metadata: tuple[str, ...] = ()  # the metadata columns of type jsonb: merged, not nested
     segment_column: str | None = None
     classified: bool = False  # it has an active classifier: the worker scores the rows it embeds
-    deferred: bool = False  # a row source with `embedding_unindexed`: new vectors may wait for the vector index
+    deferred: bool = False  # a row source with `embedding_indexed`: new vectors may wait outside the HNSW graph
 
     @property
     def table(self) -> sql.Composable:
@@ -62,12 +62,12 @@ class Source:
 
     @property
     def vector(self) -> sql.Composable:
-        """The row's vector in a query that calls the table `t`, wherever it is (waiting for the index or not)."""
-        return self._parts()["vector"]
+        """The row's vector in a query that calls the table `t`."""
+        return sql.SQL("t.embedding")
 
     def _parts(self) -> dict[str, sql.Composable]:
         return {
-            "vector": sql.SQL("coalesce(t.embedding, t.embedding_unindexed)" if self.deferred else "t.embedding"),
+            "vector": self.vector,
             "table": self.table,
             "key": sql.Identifier(self.key_column),
             "key_type": sql.SQL(self.key_type),
@@ -79,22 +79,22 @@ class Source:
 
     def read_query(self) -> sql.Composed:
         """Texts, hashes and whether each is already embedded, for the claimed keys."""
-        embedded = sql.SQL("" if self.chunked else " and {vector} is not null")
+        embedded = sql.SQL("" if self.chunked else " and t.embedding is not null")
         return sql.SQL(
             "select t.{key}::text as key, x.text, pipeline.content_hash(x.text) as hash,"
             " coalesce(t.content_hash = pipeline.content_hash(x.text) and t.embedding_model = %(model)s{embedded},"
             " false) as current"
             " from {table} t cross join lateral (select coalesce(({text})::text, '') as text) x"
             " where t.{key} = any(%(keys)s::{key_type}[])"
-        ).format(embedded=embedded.format(**self._parts()), **self._parts())
+        ).format(embedded=embedded, **self._parts())
 
     def write_query(self, *, index_later: bool = False) -> sql.Composed:
         """Write the staged vectors of rows whose text is still the text that was embedded.
 
         A row changed meanwhile keeps its queue row and is embedded again. The staging table's column
         names are prefixed so that they never shadow a column the text expression reads. With
-        `index_later` (a deferred source), the vectors go to `embedding_unindexed`, which no vector index
-        covers, and `embedding` is emptied: a row holds its vector in one of the two, never both.
+        `index_later` (a deferred source), the vectors are written outside the HNSW graph (`embedding_indexed`
+        false: the partial index skips them), to be searched exactly until `index_waiting_query` marks them.
         """
         if self.chunked:
             return sql.SQL(
@@ -109,10 +109,8 @@ class Source:
                 ", {col} = coalesce(pipeline.nearest_source_segment({name}, s.pipeline_embedding), t.{col})"
             ).format(col=sql.Identifier(self.segment_column), name=sql.Literal(self.name))
         columns = "embedding = s.pipeline_embedding"
-        if index_later:
-            columns = "embedding = null, embedding_unindexed = s.pipeline_embedding"
-        elif self.deferred:
-            columns += ", embedding_unindexed = null"
+        if self.deferred:
+            columns += f", embedding_indexed = {'false' if index_later else 'true'}"
         return sql.SQL(
             "update {table} t set {columns}, embedding_model = %(model)s,"
             " content_hash = s.pipeline_hash, embedded_at = now(){segment}"
@@ -124,19 +122,20 @@ class Source:
     def unindexed_query(self) -> sql.Composed:
         """How many of the source's vectors wait for the vector index, counted up to %(cap)s."""
         return sql.SQL(
-            "select count(*) as n from (select from {table} where embedding_unindexed is not null limit %(cap)s) w"
+            "select count(*) as n from"
+            " (select from {table} where embedding is not null and not embedding_indexed limit %(cap)s) w"
         ).format(table=self.table)
 
     def index_waiting_query(self) -> sql.Composed:
-        """Move up to %(limit)s waiting vectors into `embedding` (and so into its HNSW index).
+        """Mark up to %(limit)s waiting vectors indexed, which inserts them into the HNSW graph.
 
         The rows are picked once, in a CTE: as an `IN (subquery)` the planner may rescan a LIMIT ... FOR
         UPDATE subquery for every row, which moves them all at once and costs quadratic time.
         """
         return sql.SQL(
-            "with picked as materialized (select w.{key} from {table} w where w.embedding_unindexed is not null"
-            "  limit %(limit)s for update skip locked)"
-            " update {table} t set embedding = t.embedding_unindexed, embedding_unindexed = null"
+            "with picked as materialized (select w.{key} from {table} w"
+            "  where w.embedding is not null and not w.embedding_indexed limit %(limit)s for update skip locked)"
+            " update {table} t set embedding_indexed = true"
             " from picked p where t.{key} = p.{key}"  # locked since picked: it still waits
         ).format(**self._parts())
 
@@ -163,23 +162,19 @@ class Source:
         )
 
     def insert_chunks_query(self) -> sql.Composed:
+        """Insert the staged chunks of %(keys)s. Their metadata is composed by `pipeline.chunk_metadata`
+        (sql/repeatable/chunks.sql), as the trigger that keeps it current when the row's metadata changes
+        composes it, from the row's metadata columns and key (not its whole row: a document's text is not
+        copied once per chunk)."""
         assert self.chunk_key_column is not None
-        metadata: list[sql.Composable] = [
-            sql.SQL("coalesce(t.{}, '{{}}'::jsonb)").format(sql.Identifier(c)) for c in self.jsonb_metadata
-        ]
-        pairs: list[sql.Composable] = []
-        for column in [c for c in self.metadata_columns if c not in self.jsonb_metadata]:
-            pairs += [sql.Literal(column), sql.SQL("t.{}").format(sql.Identifier(column))]
-        pairs += [
-            sql.Literal(self.chunk_key_column),
-            sql.SQL("t.{}").format(sql.Identifier(self.key_column)),
-            sql.Literal("chunk_index"),
-            sql.SQL("s.pipeline_chunk_index"),
-        ]
-        metadata.append(sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
+        parent = sql.SQL(" || ").join(
+            sql.SQL("jsonb_build_object({}, t.{})").format(sql.Literal(c), sql.Identifier(c))
+            for c in dict.fromkeys((*self.metadata_columns, self.key_column))
+        )
         return sql.SQL(
             "insert into {chunks} ({ckey}, chunk_index, content, metadata, embedding, embedding_model, content_hash)"
-            " select t.{key}, s.pipeline_chunk_index, s.pipeline_content, {metadata}, s.pipeline_embedding,"
+            " select t.{key}, s.pipeline_chunk_index, s.pipeline_content,"
+            " pipeline.chunk_metadata({name}, {parent}, s.pipeline_chunk_index), s.pipeline_embedding,"
             " %(model)s, pipeline.content_hash(s.pipeline_content)"
             " from pg_temp.pipeline_staging s join {table} t on t.{key} = s.pipeline_key::{key_type}"
             " where s.pipeline_key = any(%(keys)s)"
@@ -187,13 +182,14 @@ class Source:
         ).format(
             chunks=self.chunks,
             ckey=sql.Identifier(self.chunk_key_column),
-            metadata=sql.SQL(" || ").join(metadata),
+            name=sql.Literal(self.name),
+            parent=parent,
             **self._parts(),
         )
 
     def queue_stale_query(self) -> sql.Composed:
         """Queue every row whose vectors are missing or stale."""
-        missing = sql.SQL("" if self.chunked else "{vector} is null or ").format(**self._parts())
+        missing = sql.SQL("" if self.chunked else "t.embedding is null or ")
         return sql.SQL(
             "insert into pipeline.queue (source, row_id)"
             " select {name}, t.{key}::text from {table} t"
@@ -272,9 +268,7 @@ class Source:
 
     def status_query(self) -> sql.Composed:
         embedded = "embedded_at is not null" if self.chunked else "embedding is not null"
-        unindexed = "count(*) filter (where embedding_unindexed is not null)" if self.deferred else "0"
-        if self.deferred:
-            embedded = "coalesce(embedding, embedding_unindexed) is not null"
+        unindexed = "count(*) filter (where embedding is not null and not embedding_indexed)" if self.deferred else "0"
         chunks: sql.Composable = sql.SQL("null::bigint")
         if self.chunked:
             chunks = sql.SQL("(select count(*) from {})").format(self.chunks)

@@ -634,6 +634,10 @@ def switch_model(conn: Connection, embedder: Embedder) -> None:
                 _change_dimension(conn, source, embedder.dimension)
             conn.execute("delete from public.segments")
         conn.execute(query("set_model"), {"model": embedder.name, "dimension": embedder.dimension})
+        if column != embedder.dimension:
+            from pipeline.source_admin import refresh_search_functions
+
+            refresh_search_functions(conn)  # their query_embedding takes the new dimension
 
 
 def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
@@ -651,22 +655,13 @@ def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
         conn.execute(sql.SQL("delete from {}").format(target))
     clear = "embedding_model = null, content_hash = null, embedded_at = null"
     vectors = "" if source.chunked else "embedding = null, "
-    if source.deferred:
-        vectors += "embedding_unindexed = null, "
     conn.execute(
         sql.SQL("update {} set {}{} where embedded_at is not null").format(
             source.table, sql.SQL(vectors), sql.SQL(clear)
         )
     )
-    columns = ["embedding", "embedding_unindexed"] if source.deferred else ["embedding"]
     conn.execute(
-        sql.SQL("alter table {} {}").format(
-            target,
-            sql.SQL(", ").join(
-                sql.SQL("alter column {} type vector({})").format(sql.Identifier(c), sql.SQL(str(int(dimension))))
-                for c in columns
-            ),
-        )
+        sql.SQL("alter table {} alter column embedding type vector({})").format(target, sql.SQL(str(int(dimension))))
     )
     for index in indexes:
         conn.execute(index["definition"].encode())

@@ -177,7 +177,7 @@ def test_backfill_interrupted_then_continued(db_url: str) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if conn.execute(
-                "select count(*) as n from dores where coalesce(embedding, embedding_unindexed) is not null"
+                "select count(*) as n from dores where embedding is not null"
             ).fetchone()["n"]:
                 break
             time.sleep(0.05)

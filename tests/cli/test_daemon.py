@@ -40,7 +40,7 @@ def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 
     raise AssertionError(f"no {needle!r} within {timeout}s:\n{''.join(seen)}")
 
 
-def count(conn: Any, where: str = "coalesce(embedding, embedding_unindexed) is not null") -> int:
+def count(conn: Any, where: str = "embedding is not null") -> int:
     return int(conn.execute(f"select count(*) as n from dores where {where}").fetchone()["n"])
 
 
@@ -54,7 +54,7 @@ def test_daemon_embeds_an_insert_within_two_seconds_and_stops_on_sigterm(db_url:
             ).fetchone()["id"]
             committed = time.monotonic()
             while time.monotonic() - committed < 5:
-                if count(conn, f"id = {row_id} and coalesce(embedding, embedding_unindexed) is not null"):
+                if count(conn, f"id = {row_id} and embedding is not null"):
                     break
                 time.sleep(0.05)
             latency = time.monotonic() - committed

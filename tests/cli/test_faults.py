@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 
 def counts(conn: Any) -> tuple[int, int, int]:
     row = conn.execute(
-        "select (select count(*) from dores where coalesce(embedding, embedding_unindexed) is not null) as embedded,"
+        "select (select count(*) from dores where embedding is not null) as embedded,"
         " (select count(*) from pipeline.queue) as queued, (select count(*) from pipeline.failed) as failed"
     ).fetchone()
     return row["embedded"], row["queued"], row["failed"]

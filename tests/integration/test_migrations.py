@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pipeline.db import connect
@@ -94,8 +95,60 @@ def test_a_changed_repeatable_file_asks_for_migrate(conn: Any) -> None:
 
     assert pending(conn) == []
     # As after a code update that changed a definition: the database holds the previous file's checksum.
-    conn.execute("update pipeline.state set value = 'previous' where key = 'repeatable:functions.sql'")
-    assert pending(conn) == ["repeatable/functions.sql"]
-    with pytest.raises(MigrationError, match=r"\(repeatable/functions\.sql\): run `pipeline migrate`"):
+    conn.execute(
+        "update pipeline.state set value = 'previous'"
+        " where key in ('repeatable:queue.sql', 'repeatable:templates/search.sql')"
+    )
+    assert pending(conn) == ["repeatable/queue.sql", "templates/search.sql"]
+    with pytest.raises(MigrationError, match=r"\(repeatable/queue\.sql, templates/search\.sql\): run `pipeline migrate`"):
         require_current(conn)
+    # A file of an older version that this one no longer has is forgotten.
+    conn.execute("insert into pipeline.state (key, value) values ('repeatable:functions.sql', 'old')")
     assert migrate(conn) == [] and pending(conn) == []
+    assert not conn.execute("select 1 from pipeline.state where key = 'repeatable:functions.sql'").fetchone()
+
+
+def test_a_database_with_vectors_waiting_at_0011_keeps_every_one_in_embedding(
+    empty_db_url: str, tmp_path: Path, embedder: Any
+) -> None:
+    older = tmp_path / "sql"
+    older.mkdir()
+    for path in sorted(sql_dir().glob("*.sql")):
+        if path.name < "0012":
+            shutil.copy(path, older / path.name)
+    texts = ["Pacientes faltam às consultas", "Estoque não bate", "Fechamento atrasa", "Boleto com vencimento errado"]
+    vectors = embedder.embed(texts)
+    with connect(empty_db_url) as conn:
+        migrate(conn, older)
+        assert conn.execute("select to_regclass('public.dores_embedding_unindexed_idx') is not null as ok").fetchone()["ok"]
+        # The numbered files alone (this test has no copy of 0011's repeatable files): the rows go in without
+        # the queue triggers, as if the worker had written them.
+        conn.execute("set session_replication_role = replica")
+        for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+            column = "embedding" if i < 2 else "embedding_unindexed"  # the last two wait for the index
+            conn.execute(
+                f"insert into dores (dor_base, {column}, embedding_model, content_hash, embedded_at)"
+                " values (%s, %s, %s, pipeline.content_hash(pipeline.dor_text(%s, null)), now())",
+                (text, vector, embedder.name, text),
+            )
+        conn.execute("reset session_replication_role")
+        conn.execute("insert into pipeline.state (key, value) values ('model', %s), ('dimension', '384')", (embedder.name,))
+
+        assert migrate(conn) == ["0012_one_vector_column.sql"]
+        rows = conn.execute("select dor_base, embedding, embedding_indexed from dores order by id").fetchall()
+        for row, vector, waited in zip(rows, vectors, [False, False, True, True], strict=True):
+            assert row["embedding"] is not None and np.allclose(row["embedding"].to_numpy(), vector, atol=1e-6)
+            assert row["embedding_indexed"] is not waited
+        column = conn.execute(
+            "select 1 from information_schema.columns where table_name = 'dores' and column_name = 'embedding_unindexed'"
+        ).fetchone()
+        assert column is None
+        definition = conn.execute("select pg_get_indexdef('public.dores_embedding_idx'::regclass) as d").fetchone()["d"]
+        assert definition.endswith("WHERE embedding_indexed") and "m='16'" in definition
+        # Every row is found, by plain SQL and by the search function; nothing was queued again.
+        found = conn.execute("select * from match_dores(%s, 10)", (vectors[3],)).fetchall()
+        assert len(found) == 4 and found[0]["dor_base"] == texts[3]
+        plain = conn.execute("select dor_base from dores order by embedding <=> %s limit 1", (vectors[2],)).fetchone()
+        assert plain["dor_base"] == texts[2]
+        assert conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"] == 0
+        assert pending(conn) == []

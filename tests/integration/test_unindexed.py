@@ -1,4 +1,5 @@
-"""Vectors that wait for the vector index: written beside it, searched exactly, moved into it when idle."""
+"""Vectors that wait for the vector index: in `embedding` from their commit, outside the HNSW graph (searched
+exactly), marked into it when idle. A user's own `order by embedding <=> q` finds them too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from pipeline.search import search_source
 from pipeline.segments import fit_database
-from pipeline.source_admin import add_source, refresh_search_functions
+from pipeline.source_admin import add_source
 from pipeline.sources import load_sources
 from pipeline.status import status
 from pipeline.sync import Worker
@@ -31,9 +32,10 @@ def insert(conn: Any, rows: list[tuple[str, str]]) -> list[int]:
     ]
 
 
-def columns(conn: Any, row_id: int) -> tuple[Any, Any]:
-    row = conn.execute("select embedding, embedding_unindexed from dores where id = %s", (row_id,)).fetchone()
-    return row["embedding"], row["embedding_unindexed"]
+def columns(conn: Any, row_id: int) -> tuple[Any, bool]:
+    """The row's vector, and whether it is in the HNSW graph."""
+    row = conn.execute("select embedding, embedding_indexed from dores where id = %s", (row_id,)).fetchone()
+    return row["embedding"], row["embedding_indexed"]
 
 
 def unit(vector: Any) -> np.ndarray:
@@ -48,9 +50,9 @@ def test_a_batch_waits_beside_the_index_is_searched_exactly_and_moved_when_idle(
     assert report.embedded == report.unindexed == 4
     waiting = {}
     for row_id in ids:
-        indexed, unindexed = columns(conn, row_id)
-        assert indexed is None and unindexed is not None
-        waiting[row_id] = unit(unindexed)
+        vector, indexed = columns(conn, row_id)
+        assert vector is not None and not indexed
+        waiting[row_id] = unit(vector)
     tables = {t["table"]: t for t in status(conn)["tables"]}
     assert tables["dores"]["embedded"] == 4 and tables["dores"]["unindexed"] == 4
 
@@ -60,13 +62,17 @@ def test_a_batch_waits_beside_the_index_is_searched_exactly_and_moved_when_idle(
         assert found[0]["id"] == ids[0]
         assert sorted(r["id"] for r in found) == sorted(ids)  # each row once
     before = [(r["id"], r["similarity"]) for r in search_source(conn, embedder, source, "estoque", k=4, hybrid=False)]
+    # Plain SQL, as a user writes it, finds the waiting rows in the same order (an exact scan).
+    query = embedder.embed(["estoque"])[0]
+    plain = conn.execute("select id from dores order by embedding <=> %s limit 4", (query,)).fetchall()
+    assert [r["id"] for r in plain] == [i for i, _ in before]
 
     moved, interrupted = worker.index_waiting(conn, [source])
     assert (moved, interrupted) == (4, False)
     for row_id in ids:
-        indexed, unindexed = columns(conn, row_id)
-        assert unindexed is None
-        assert np.allclose(unit(indexed), waiting[row_id])
+        vector, indexed = columns(conn, row_id)
+        assert indexed
+        assert np.allclose(unit(vector), waiting[row_id])
     after = [(r["id"], r["similarity"]) for r in search_source(conn, embedder, source, "estoque", k=4, hybrid=False)]
     assert after == before
     assert {t["table"]: t for t in status(conn)["tables"]}["dores"]["unindexed"] == 0
@@ -77,7 +83,8 @@ def test_drain_ends_with_every_vector_in_the_index(conn: Any, worker: Worker) ->
     report = worker.drain(conn)
     assert report.embedded == report.unindexed == report.indexed == 4
     row = conn.execute(
-        "select count(embedding) as indexed, count(embedding_unindexed) as waiting from dores"
+        "select count(embedding) filter (where embedding_indexed) as indexed,"
+        " count(embedding) filter (where not embedding_indexed) as waiting from dores"
     ).fetchone()
     assert (row["indexed"], row["waiting"]) == (4, 0)
 
@@ -88,16 +95,16 @@ def test_a_changed_row_leaves_its_stale_vector_and_comes_back_once(conn: Any, wo
     old, _ = columns(conn, ids[2])
     conn.execute("update dores set dor_base = 'Boletos saem com o vencimento errado' where id = %s", (ids[2],))
     worker.run_batch(conn, "dores")
-    indexed, unindexed = columns(conn, ids[2])
-    assert indexed is None and unindexed is not None
-    assert float(np.dot(unit(unindexed), unit(old))) < 0.99
+    vector, indexed = columns(conn, ids[2])
+    assert not indexed
+    assert float(np.dot(unit(vector), unit(old))) < 0.99
     (source,) = load_sources(conn, ["dores"])
     found = search_source(conn, embedder, source, "boletos com vencimento errado", k=4, hybrid=False)
     assert [r["id"] for r in found].count(ids[2]) == 1
     assert found[0]["id"] == ids[2] and found[0]["similarity"] > 0.5
     worker.index_waiting(conn, [source])
-    indexed, unindexed = columns(conn, ids[2])
-    assert unindexed is None and float(np.dot(unit(indexed), unit(old))) < 0.99
+    vector, indexed = columns(conn, ids[2])
+    assert indexed and float(np.dot(unit(vector), unit(old))) < 0.99
 
 
 def test_past_max_unindexed_vectors_go_into_the_index_at_once(conn: Any, embedder: Any, settings: Any) -> None:
@@ -105,13 +112,13 @@ def test_past_max_unindexed_vectors_go_into_the_index_at_once(conn: Any, embedde
     ids = insert(conn, DORES)
     assert worker.run_batch(conn, "dores", limit=3).unindexed == 3  # fewer than 2 waited before it
     assert worker.run_batch(conn, "dores").unindexed == 0  # 3 wait now: written into the index
-    (last,) = set(ids) - {int(r["id"]) for r in conn.execute("select id from dores where embedding is null")}
-    assert columns(conn, last)[0] is not None and columns(conn, last)[1] is None
+    (last,) = set(ids) - {int(r["id"]) for r in conn.execute("select id from dores where not embedding_indexed")}
+    assert columns(conn, last)[0] is not None and columns(conn, last)[1]
 
     never = Worker(embedder=embedder, settings=dataclasses.replace(settings, max_unindexed=0))
     (fresh,) = insert(conn, [("Vendedores não registram as visitas", "CRM no celular")])
     assert never.run_batch(conn, "dores").unindexed == 0
-    assert columns(conn, fresh)[0] is not None
+    assert columns(conn, fresh)[0] is not None and columns(conn, fresh)[1]
 
 
 def test_queued_rows_come_before_moving_vectors_into_the_index(conn: Any, worker: Worker) -> None:
@@ -122,7 +129,7 @@ def test_queued_rows_come_before_moving_vectors_into_the_index(conn: Any, worker
     assert worker.index_waiting(conn, sources, step=1) == (1, True)
     report = worker.drain(conn)  # embeds the new row, then moves the rest
     assert report.embedded == 1 and report.indexed == 4
-    assert conn.execute("select count(*) as n from dores where embedding_unindexed is not null").fetchone()["n"] == 0
+    assert conn.execute("select count(*) as n from dores where not embedding_indexed").fetchone()["n"] == 0
 
 
 def test_segments_and_a_bulk_read_see_the_waiting_vectors(conn: Any, worker: Worker) -> None:
@@ -134,7 +141,7 @@ def test_segments_and_a_bulk_read_see_the_waiting_vectors(conn: Any, worker: Wor
     assert assigned == len(ids)
 
 
-def test_a_row_source_added_by_command_waits_too_and_migrate_gives_older_ones_the_column(
+def test_a_row_source_added_by_command_waits_too(
     conn: Any, worker: Worker, embedder: Any
 ) -> None:
     conn.execute("create table public.tickets (id bigint generated always as identity primary key, corpo text)")
@@ -150,14 +157,6 @@ def test_a_row_source_added_by_command_waits_too_and_migrate_gives_older_ones_th
     worker.drain(conn)
     assert conn.execute("select count(embedding) as n from tickets").fetchone()["n"] == 2
 
-    # A source added before the column existed: `migrate` (refresh) adds it and the search functions use it.
-    conn.execute("drop trigger pipeline_keep_derived on tickets")  # older sources had no guard either
-    conn.execute("alter table tickets drop column embedding_unindexed")
-    (older,) = load_sources(conn, ["tickets"])
-    assert not older.deferred
-    assert "tickets" in refresh_search_functions(conn)
-    (source,) = load_sources(conn, ["tickets"])
-    assert source.deferred
     conn.execute("update tickets set corpo = 'O boleto chega com a data de vencimento errada' where id = 2")
     assert worker.run_batch(conn, "tickets").unindexed == 1
     found = search_source(conn, embedder, source, "boleto com vencimento errado", k=2, hybrid=False)
@@ -183,7 +182,7 @@ def test_a_worker_granted_only_the_older_columns_writes_into_the_index(conn: Any
     finally:
         conn.execute("reset role")
     assert report.embedded == 1 and report.unindexed == 0
-    assert columns(conn, row_id)[0] is not None
+    assert columns(conn, row_id)[0] is not None and columns(conn, row_id)[1]  # in the graph
 
 
 def test_a_source_whose_table_goes_away_mid_drain_is_skipped(conn: Any, worker: Worker) -> None:

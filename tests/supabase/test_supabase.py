@@ -163,9 +163,9 @@ def test_rerunning_a_released_file_by_hand_is_noticed_and_repaired(supabase: Pro
 
 def test_repeatable_file_pasted_in_a_fresh_session_as_postgres(supabase: Project, embedder: Any) -> None:
     load_sample(supabase, embedder, dores=3)
-    functions = (ROOT / "pipeline" / "sql" / "repeatable" / "functions.sql").read_text()
-    with psycopg.connect(supabase.postgres_url) as conn:  # one transaction, as the SQL editor sends it
-        conn.execute(functions.encode())
+    for path in sorted((ROOT / "pipeline" / "sql" / "repeatable").glob("*.sql")):
+        with psycopg.connect(supabase.postgres_url) as conn:  # one transaction, as the SQL editor sends it
+            conn.execute(path.read_bytes())
     hybrid = (ROOT / "pipeline" / "sql" / "0003_hybrid_search.sql").read_text()
     with psycopg.connect(supabase.postgres_url) as conn:
         conn.execute(b"select '[1]'::extensions.vector")  # docs/supabase.md: load pgvector first

@@ -173,14 +173,14 @@ def test_signed_in_users_cannot_plant_vectors(supabase: Project, embedder: Any) 
         assert rows[0]["embedding_model"] == embedder.name and rows[0]["segmento"] is None
         assert rows[0]["content_hash"] != "x" and not np.allclose(rows[0]["embedding"].to_numpy(), 1)
         assert all(rows[1][c] is None for c in ("embedding", "embedding_model", "content_hash", "segmento"))
-        lead = conn.execute("select embedding, embedding_unindexed, content_hash from leads").fetchone()
-        assert lead == {"embedding": None, "embedding_unindexed": None, "content_hash": None}
+        lead = conn.execute("select embedding, embedding_indexed, content_hash from leads").fetchone()
+        assert lead == {"embedding": None, "embedding_indexed": True, "content_hash": None}
         assert conn.execute("select content_hash from documents").fetchone()["content_hash"] is None
         Worker(embedder=embedder, settings=Settings()).drain(conn)
         expected = embedder.embed([text])[0]
         for table in ("dores", "leads"):
             vector = conn.execute(
-                f"select coalesce(embedding, embedding_unindexed) as v, embedding_model as m from {table}"
+                f"select embedding as v, embedding_model as m from {table}"
                 f" where {'dor_base' if table == 'dores' else 'msg'} = %s",
                 (text,),
             ).fetchone()

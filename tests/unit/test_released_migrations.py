@@ -17,6 +17,7 @@ RELEASED = {
     "0009_classifiers.sql": "a41be0089ac73d41090eea895e09f65168aaf73a24096d7711ea79fbf8309278",
     "0010_vectors_waiting_for_the_index.sql": "dfec92104c08b0ad4408010651fdea281a2d855d86975839636694815894f88f",
     "0011_trust_flows_downward.sql": "ec8f7b7f2223514cb9e998d8a6fe5cf1c9b28d56752f0f6afa2c656888bf7be9",
+    "0012_one_vector_column.sql": "f39b4a01e481b34627419f48ddeafdf5980054d01e391cc04f70283d51f30288",
 }
 
 

@@ -1,6 +1,6 @@
 -- Trust flows downward only: what a less privileged role can write (the worker, signed-in users, the API's
--- callers) is never executed, loaded or believed by a more privileged one. A repeatable file like
--- functions.sql (checksummed by `migrate`, edited in place).
+-- callers) is never executed, loaded or believed by a more privileged one. A repeatable file (applied by
+-- every `migrate` with the others, in one transaction; checksummed; edited in place).
 --
 -- Triggers, not grants, hold these lines: a table-wide grant (Supabase gives the API roles every right on
 -- the tables of `public`) cannot be narrowed by revoking columns, and BYPASSRLS passes any policy, but no
@@ -80,8 +80,9 @@ begin
     if tg_nargs = 0 then
         raise exception 'only the pipeline writes %.%', tg_table_schema, tg_table_name using errcode = '42501';
     end if;
-    if tg_op = 'INSERT' then
-        select jsonb_object_agg(c, null) into v_kept from unnest(tg_argv) c;
+    if tg_op = 'INSERT' then  -- empty (embedding_indexed as its default)
+        select jsonb_object_agg(c, case when c = 'embedding_indexed' then 'true'::jsonb end) into v_kept
+        from unnest(tg_argv) c;
     else
         select jsonb_object_agg(c, to_jsonb(old) -> c) into v_kept from unnest(tg_argv) c;
     end if;
@@ -90,10 +91,10 @@ end
 $$;
 
 create or replace trigger pipeline_keep_derived
-    before insert or update of embedding, embedding_unindexed, embedding_model, content_hash, embedded_at, segmento
+    before insert or update of embedding, embedding_indexed, embedding_model, content_hash, embedded_at, segmento
     on public.dores
     for each row execute function pipeline.keep_derived_columns(
-        'embedding', 'embedding_unindexed', 'embedding_model', 'content_hash', 'embedded_at', 'segmento');
+        'embedding', 'embedding_indexed', 'embedding_model', 'content_hash', 'embedded_at', 'segmento');
 create or replace trigger pipeline_keep_derived
     before insert or update of embedding_model, content_hash, embedded_at on public.documents
     for each row execute function pipeline.keep_derived_columns('embedding_model', 'content_hash', 'embedded_at');
