@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "source",
         parents=[common],
-        help="register any table as a source (add), list or remove sources",
+        help="register any table as a source (add), list or remove sources; chunk visibility (follow-parent)",
         description="A source is a table with a primary key (bigint, integer, uuid or text) and the text the "
         "model reads: an SQL expression over its columns, or a comma-separated list of columns. A row source "
         "keeps its vector in the row (columns embedding, embedding_model, content_hash, embedded_at are added); "
@@ -217,11 +217,35 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--metadata", help="chunked: columns copied into each chunk's metadata (col1,col2)")
     add.add_argument("--language", default="portuguese", help="full-text configuration (default portuguese)")
     add.add_argument("--no-backfill", action="store_true", help="do not queue the rows already in the table")
+    add.add_argument(
+        "--chunks-follow-parent",
+        action="store_true",
+        help="chunked: a chunk is visible exactly when its row is, to every role (see `source follow-parent`)",
+    )
     lst = actions.add_parser("list", parents=[common], help="the registered sources")
     lst.add_argument("--json", action="store_true")
     rm = actions.add_parser("remove", parents=[common], help="stop embedding a table; drop what the pipeline added")
     rm.add_argument("name")
     rm.add_argument("--drop-columns", action="store_true", help="also drop the vector columns of a row source")
+    follow = actions.add_parser(
+        "follow-parent",
+        parents=[common],
+        help="a chunk is visible exactly when its row is (a policy on the chunk table)",
+        description='Puts the row-level security policy "chunks follow their parent" on a chunked source\'s table '
+        "of chunks (documents: document_chunks): a chunk may be read when its row (the document) may be read by the "
+        "same role, under that table's own policies, so policies are written once, on the table you know. "
+        "A chunk's metadata follows its row in the same transaction whatever the policies; this makes its "
+        "visibility follow too. Running it again replaces the policy.",
+    )
+    follow.add_argument("name", help="a chunked source (documents, or one added with --chunked)")
+    follow.add_argument(
+        "--roles",
+        default="public",
+        help="comma-separated roles the policy applies to (default: public, every role; on Supabase e.g. "
+        "authenticated). Each needs SELECT on the source's table",
+    )
+    follow.add_argument("--off", action="store_true", help="drop the policy instead")
+    follow.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
         "classifier",

@@ -493,7 +493,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("source")
 def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.source_admin import add_source, remove_source
+    from pipeline.source_admin import add_source, follow_parent, remove_source
     from pipeline.sources import load_sources
 
     with _connection(settings) as conn:
@@ -508,6 +508,7 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
                 metadata=metadata,
                 language=args.language,
                 backfill=not args.no_backfill,
+                chunks_follow_parent=args.chunks_follow_parent,
             )
             print(
                 f"source {source.name}: {source.kind} source on {source.qualified} (key {source.key_column} "
@@ -522,6 +523,20 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
                 for s in sources:
                     key = f"{s.key_column} ({s.key_type})"
                     print(f"{s.name:<16} {s.kind:<8} {s.qualified:<28} key {key:<16} {s.text_expression}")
+        elif args.action == "follow-parent":
+            roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+            result = follow_parent(conn, args.name, roles=roles, off=args.off)
+            if args.json:
+                _print_json(result)
+            elif args.off:
+                print(f'{result["table"]}: policy "chunks follow their parent" dropped')
+            else:
+                print(
+                    f'{result["table"]}: policy "{result["policy"]}" for {", ".join(result["roles"])}: a chunk is'
+                    f" visible exactly when its row of {args.name} is"
+                )
+            for warning in result.get("warnings", []):
+                logger.warning("%s", warning)
         else:
             removed = remove_source(conn, args.name, drop_columns=args.drop_columns)
             print(
