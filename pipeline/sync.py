@@ -649,6 +649,15 @@ def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
         " where i.indrelid = to_regclass(%s) and a.attname = 'embedding'",
         (target.as_string(conn),),
     ).fetchall()
+    # Triggers that name the column (`update of embedding`, sql/repeatable/security.sql) hold its type too.
+    triggers = conn.execute(
+        "select t.tgname as name, pg_get_triggerdef(t.oid) as definition from pg_trigger t"
+        " join pg_attribute a on a.attrelid = t.tgrelid and a.attnum = any(t.tgattr)"
+        " where t.tgrelid = to_regclass(%s) and a.attname = 'embedding' and not t.tgisinternal",
+        (source.table.as_string(conn),),
+    ).fetchall()
+    for trigger in triggers:
+        conn.execute(sql.SQL("drop trigger {} on {}").format(sql.Identifier(trigger["name"]), source.table))
     for index in indexes:
         conn.execute(f"drop index {index['name']}".encode())
     if source.chunked:
@@ -663,5 +672,5 @@ def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
     conn.execute(
         sql.SQL("alter table {} alter column embedding type vector({})").format(target, sql.SQL(str(int(dimension))))
     )
-    for index in indexes:
-        conn.execute(index["definition"].encode())
+    for statement in [i["definition"] for i in indexes] + [t["definition"] for t in triggers]:
+        conn.execute(statement.encode())  # read from the catalog above, in this transaction
