@@ -31,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.config import Settings
-    from pipeline.embedding import batch_cuts, load_embedder
+    from pipeline.embedding import batch_cuts
+    from pipeline.model import load_embedder
 
     if args.texts == "assin2":
         texts = assin2_sentences(args.evaldata, args.rows)

@@ -41,7 +41,7 @@ def main() -> None:
     from pipeline.config import Settings
     from pipeline.db import connect
     from pipeline.source_admin import add_source
-    from pipeline.sync import prepare_worker
+    from pipeline.worker import prepare_worker
 
     folder = args.evaldata / "tweet_sentiment_pt"
 

@@ -36,7 +36,7 @@ def main() -> None:
 
     from pipeline.api import create_app
     from pipeline.config import Settings
-    from pipeline.embedding import load_embedder
+    from pipeline.model import load_embedder
 
     embedder = load_embedder(Settings())
     texts = [f"{d}\n{s}" for d, s in dores_texts(args.requests * 32)]
@@ -102,8 +102,9 @@ def score_lead(url: str, embedder: object, http: object, texts: list[str]) -> li
     from pipeline.config import Settings
     from pipeline.csvio import import_dores
     from pipeline.db import connect
+    from pipeline.model import record_model
     from pipeline.segments import fit_database
-    from pipeline.sync import Worker, record_model
+    from pipeline.worker import Worker
 
     with connect(url) as conn:
         import_dores(conn, ROOT / "pipeline" / "data" / "dores_exemplo.csv")

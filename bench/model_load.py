@@ -25,7 +25,7 @@ PROBE = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 from pipeline.config import Settings
-from pipeline.embedding import load_embedder
+from pipeline.model import load_embedder
 from pathlib import Path
 embedder = load_embedder(Settings(backend=sys.argv[1], data_dir=Path(sys.argv[2])))
 loaded = time.perf_counter() - t0

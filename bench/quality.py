@@ -189,8 +189,8 @@ def main() -> None:
 
     from pipeline.config import Settings
     from pipeline.db import connect
-    from pipeline.embedding import parse_identity
-    from pipeline.sync import prepare_worker
+    from pipeline.model import parse_identity
+    from pipeline.worker import prepare_worker
 
     def fresh_worker(url: str, backend: str, chunk_tokens: int | None = None) -> Any:
         with connect(url) as conn:

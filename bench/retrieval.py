@@ -42,7 +42,7 @@ def scifact_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     import json
 
     from pipeline.config import Settings
-    from pipeline.embedding import load_embedder
+    from pipeline.model import load_embedder
 
     embedder = load_embedder(Settings(backend="onnx-int8"))
     docs = [json.loads(line) for line in (folder / "corpus.jsonl").open(encoding="utf-8")]

@@ -64,8 +64,8 @@ def main() -> None:
     from pipeline.config import Settings
     from pipeline.daemon import Daemon
     from pipeline.db import connect
-    from pipeline.embedding import resolve_model
-    from pipeline.sync import prepare_worker
+    from pipeline.model import resolve_model
+    from pipeline.worker import prepare_worker
 
     if args.texts == "assin2":
         pairs = [(text, "") for text in assin2_sentences(args.evaldata, args.rows)]

@@ -64,7 +64,7 @@ def main() -> None:
 
     from pipeline.config import Settings
     from pipeline.db import connect, query
-    from pipeline.embedding import load_embedder
+    from pipeline.model import load_embedder
     from pipeline.sources import load_sources
 
     texts = assin2_sentences(args.evaldata, args.rows)

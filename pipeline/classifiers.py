@@ -170,7 +170,7 @@ def _row_source(conn: Connection, name: str) -> Source:
 
 
 def _database_model(conn: Connection) -> str:
-    from pipeline.sync import recorded_model
+    from pipeline.model import recorded_model
 
     model, _ = recorded_model(conn)
     if not model:

@@ -83,7 +83,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 @command("sync")
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.progress import Progress
-    from pipeline.sync import count_ready, prepare_worker
+    from pipeline.worker import count_ready, prepare_worker
 
     with _worker_connections(settings) as (conn, spare):
         worker = prepare_worker(conn, settings)
@@ -106,42 +106,38 @@ def _print_report(args: argparse.Namespace, report: Any, what: str) -> int:
 
 @command("backfill")
 def cmd_backfill(args: argparse.Namespace, settings: Settings, embedder: Any = None) -> int:
-    from pipeline.indexes import defer_for_backfill, restore_vector_indexes
+    from pipeline.backfill import backfill
     from pipeline.progress import Progress
-    from pipeline.sync import Worker, count_ready, prepare_worker, queue_stale
+    from pipeline.worker import Worker, count_ready, prepare_worker
 
     sources = _sources(args.source)
     with _worker_connections(settings) as (conn, spare):
         # `reembed` passes the model it has just loaded and recorded.
         worker = Worker(embedder=embedder, settings=settings) if embedder else prepare_worker(conn, settings)
-        queued = queue_stale(conn, sources=sources, model=worker.embedder.name, rebuild=args.rebuild)
-        total = count_ready(conn, sources)
-        logger.info("backfill: %d rows newly queued, %d ready to process", queued, total)
-        restore_vector_indexes(conn)  # set aside by an earlier backfill or fit that was interrupted
-        deferred = defer_for_backfill(conn, sources, threshold=settings.bulk_index_from)
-        progress = Progress(total, "backfill")
+        progress: list[Progress] = []
         try:
-            report = worker.drain(conn, sources, spare=spare, on_batch=progress)
+            report = backfill(
+                conn, worker, sources=sources, rebuild=args.rebuild, bulk_index_from=settings.bulk_index_from,
+                spare=spare, on_start=lambda total: progress.append(Progress(total, "backfill")),
+                on_batch=lambda report: progress[0](report),
+            )  # fmt: skip
         except KeyboardInterrupt:
             left = count_ready(conn, sources)
             print(f"interrupted: {left} rows still queued; run the same command again to continue", file=sys.stderr)
             return 130
         finally:
-            progress.close()
-            if deferred:
-                restore_vector_indexes(conn, deferred)
+            for bar in progress:
+                bar.close()
     return _print_report(args, report, "backfill")
 
 
 @command("reembed")
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.embedding import load_embedder
-    from pipeline.sync import switch_model
+    from pipeline.model import load_embedder, switch_model
 
     if not settings.model and not settings.backend:
         raise InputError("reembed needs the new model or backend: pipeline reembed --model NAME [--backend onnx-int8]")
-    from pipeline.embedding import resolve_model
-    from pipeline.sync import recorded_model
+    from pipeline.model import recorded_model, resolve_model
 
     with _connection(settings) as conn:
         recorded, _ = recorded_model(conn)
@@ -162,7 +158,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.daemon import Daemon
     from pipeline.db import database_url, require_session_connection
     from pipeline.migrations import require_current
-    from pipeline.sync import Worker, prepare_worker
+    from pipeline.worker import Worker, prepare_worker
 
     def prepare(conn: Any) -> Worker:
         require_current(conn)
@@ -276,7 +272,7 @@ def _json_object(raw: str, flag: str) -> dict[str, Any]:
 
 @command("embed")
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.embedding import load_embedder
+    from pipeline.model import load_embedder
     from pipeline.textio import parse_stdin
 
     if bool(args.stdin) == bool(args.csv):
@@ -444,8 +440,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _query_embedder(conn: Any, settings: Settings) -> Any:
     """The database's model, for embedding a query."""
-    from pipeline.embedding import load_embedder
-    from pipeline.sync import database_model
+    from pipeline.model import database_model, load_embedder
 
     return load_embedder(settings, database_model(conn, settings, require_recorded=True))
 
@@ -456,8 +451,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from pipeline.api import create_app, is_loopback
     from pipeline.db import database_url
-    from pipeline.embedding import load_embedder
-    from pipeline.sync import database_model
+    from pipeline.model import database_model, load_embedder
 
     if not is_loopback(args.host) and not settings.api_token:
         raise InputError(f"refusing to serve on {args.host} without PIPELINE_API_TOKEN (loopback hosts only)")
@@ -550,7 +544,7 @@ def cmd_source(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("model")
 def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.embedding import DEFAULT_MODEL, download_model
+    from pipeline.model import DEFAULT_MODEL, download_model
 
     name = args.name or DEFAULT_MODEL
     print(f"{name}: {download_model(name)}")

@@ -16,7 +16,7 @@ import psycopg
 from pipeline.config import Settings
 from pipeline.db import Connection, connect
 from pipeline.errors import DatabaseError, PipelineError, RowSecurityError
-from pipeline.sync import SyncReport, Worker
+from pipeline.worker import SyncReport, Worker
 
 logger = logging.getLogger(__name__)
 

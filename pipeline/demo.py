@@ -12,7 +12,7 @@ from pipeline.migrations import migrate
 from pipeline.progress import Progress
 from pipeline.search import search_dores
 from pipeline.status import format_status, status
-from pipeline.sync import count_ready, prepare_worker
+from pipeline.worker import count_ready, prepare_worker
 
 SAMPLE = Path(__file__).parent / "data" / "dores_exemplo.csv"
 QUERIES = [

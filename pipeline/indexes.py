@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
-from pipeline.db import Connection, query
+from pipeline.db import Connection, query, translate_errors
 from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def _identifier(name: str) -> sql.Identifier:
     return sql.Identifier(*name.split("."))
 
 
-def defer_vector_indexes(conn: Connection, source: Source) -> list[str]:
+def set_aside_vector_indexes(conn: Connection, source: Source) -> list[str]:
     """Drop the vector indexes of the source's table (concurrently), keeping what it takes to build them again.
 
     `conn` must be in autocommit mode, outside a transaction.
@@ -142,7 +144,7 @@ def restore_vector_indexes(conn: Connection, names: Sequence[str] | None = None)
     return rebuilt
 
 
-def defer_for_backfill(conn: Connection, sources: Sequence[str] | None, *, threshold: int) -> list[str]:
+def set_aside_for_backfill(conn: Connection, sources: Sequence[str] | None, *, threshold: int) -> list[str]:
     """Set aside the vector index of each source with at least `threshold` rows queued and almost nothing
     embedded yet (under 10% of its rows: the index serves few searches); 0 never does."""
     if threshold <= 0:
@@ -155,5 +157,42 @@ def defer_for_backfill(conn: Connection, sources: Sequence[str] | None, *, thres
         counts = conn.execute(source.status_query()).fetchone()
         if counts["embedded"] * 10 > counts["rows"]:
             continue
-        names += defer_vector_indexes(conn, source)
+        names += set_aside_vector_indexes(conn, source)
     return names
+
+
+def index_waiting(
+    conn: Connection, sources: Sequence[Source], *, stop: threading.Event | None = None, step: int = 512
+) -> tuple[int, bool]:
+    """Mark the vectors that wait for the index into it, `step` rows per transaction, until none wait.
+
+    Returns the rows moved, and whether it stopped early because rows were queued meanwhile (the
+    model's work comes first: the next drain picks it up, and this goes on when it is done).
+    """
+    moved, interrupted = 0, False
+    names = [s.name for s in sources]
+    for source in sources:
+        if not source.waits or interrupted:
+            continue
+        started, count = time.perf_counter(), 0
+        while not (stop and stop.is_set()):
+            with translate_errors():
+                try:
+                    with conn.transaction():
+                        step_count = conn.execute(source.index_waiting_query(), {"limit": step}).rowcount
+                except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                    break  # its table is gone or changed since the drain began: the batches say so
+            count += step_count
+            if step_count < step:
+                break
+            with translate_errors():
+                if conn.execute(query("any_ready"), {"sources": names}).fetchone()["ready"]:
+                    interrupted = True
+                    break
+        if count:
+            logger.info(
+                "%s: %d vectors moved into the vector index in %.2fs%s", source.name, count,
+                time.perf_counter() - started, " (rows were queued: embedding them first)" if interrupted else "",
+            )  # fmt: skip
+        moved += count
+    return moved, interrupted

@@ -178,11 +178,9 @@ class OnnxEmbedder(BatchedEmbedder):
         threads: int | None = None,
     ) -> None:
         started = time.perf_counter()
-        directory = Path(model.source)
-        if not directory.is_dir():  # a hub name the hub answers for: fetch it into the local cache first
-            from pipeline.embedding import download_model
-
-            directory = Path(download_model(model.source))
+        directory = Path(model.source)  # `pipeline.model.load_embedder` hands over a local directory
+        if not directory.is_dir():
+            raise ModelError(f"{model.name}: the {BACKEND} backend reads local files; {directory} is not a directory")
         entry, weights_hash = cache_entry(directory, cache_dir)
         self.cold = not _valid(entry, weights_hash)
         if self.cold:

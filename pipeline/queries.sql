@@ -266,7 +266,7 @@ select s.*,
              and a.attname = 'embedding_indexed' and not a.attisdropped
        ) then has_column_privilege(quote_ident(s.table_schema) || '.' || quote_ident(s.table_name),
                                    'embedding_indexed', 'UPDATE')
-       else false end as deferred
+       else false end as waits
 from pipeline.sources s
 where %(names)s::text[] is null or s.name = any(%(names)s::text[])
 order by s.created_at, s.name

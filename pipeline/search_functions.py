@@ -82,7 +82,7 @@ def statements(source: Source, dimension: int) -> list[sql.Composed]:
     form = shape(source)
     table = source.chunks if source.chunked else source.table
     key = sql.Identifier("id" if source.chunked else source.key_column)
-    waiting = not source.chunked and source.deferred
+    waiting = not source.chunked and source.waits
 
     def nearest(limit: str) -> sql.Composed:
         common = {"key": key, "table": table, "filter": sql.SQL(form.filter), "limit": sql.SQL(limit)}

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError, PipelineError
-from pipeline.indexes import defer_vector_indexes, restore_vector_indexes
+from pipeline.indexes import restore_vector_indexes, set_aside_vector_indexes
 from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ def fit_database(
             SegmentInfo(renumber[c], label_from_terms(terms[renumber[c]]), terms[renumber[c]], int((labels == c).sum()))
             for c in present
         ]
-        deferred = defer_vector_indexes(conn, table) if _first_fit(conn, table, len(ids)) else []
+        set_aside = set_aside_vector_indexes(conn, table) if _first_fit(conn, table, len(ids)) else []
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             model_id = conn.execute(
@@ -361,7 +361,7 @@ def fit_database(
                     copy.write_row((key, number))
             changed = conn.execute(table.apply_segments_query()).rowcount
             conn.execute(query("set_segment_model"), {"model_id": str(model_id), "source": source})
-        restore_vector_indexes(conn, deferred)
+        restore_vector_indexes(conn, set_aside)
     seconds = time.perf_counter() - started
     logger.info(
         "segments: %s K=%d over %d %s rows in %.1fs, %d rows changed segment",

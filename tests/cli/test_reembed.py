@@ -23,7 +23,7 @@ def test_reembed_with_a_smaller_model_alters_the_columns(db_url: str, tmp_path: 
     import torch
     from sentence_transformers import SentenceTransformer, models
 
-    from pipeline.embedding import bundled_model_path
+    from pipeline.model import bundled_model_path
 
     torch.manual_seed(0)
     base = SentenceTransformer(str(bundled_model_path()))

@@ -9,7 +9,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pipeline.db import connect
-from pipeline.sync import record_model
+from pipeline.model import record_model
 from tests.conftest import ROOT, run_cli
 
 

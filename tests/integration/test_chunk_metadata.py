@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.migrations import migrate
 from pipeline.source_admin import add_source, remove_source
-from pipeline.sync import Worker
+from pipeline.worker import Worker
 from tests.conftest import run_cli
 
 LONG = " ".join(f"Frase {i} sobre confirmação automática de consultas e lembretes por WhatsApp." for i in range(40))

@@ -10,7 +10,7 @@ import pytest
 from pipeline import classifiers
 from pipeline.errors import InputError
 from pipeline.source_admin import add_source, remove_source
-from pipeline.sync import Worker
+from pipeline.worker import Worker
 
 LEADS = """
 create table public.leads (

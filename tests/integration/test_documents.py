@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pipeline.search import search_documents
-from pipeline.sync import Worker
+from pipeline.worker import Worker
 
 DOCS = [
     (

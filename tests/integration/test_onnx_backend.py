@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import Settings
-from pipeline.embedding import BUNDLED_MODEL, load_embedder, parse_identity, resolve_model
 from pipeline.errors import ModelMismatchError
-from pipeline.sync import Worker, prepare_worker, record_model
+from pipeline.model import BUNDLED_MODEL, load_embedder, parse_identity, record_model, resolve_model
+from pipeline.worker import Worker, prepare_worker
 
 TEXTS = [
     "Pacientes faltam às consultas e a agenda fica vazia",

@@ -12,7 +12,7 @@ from pipeline.csvio import import_dores
 from pipeline.errors import InputError
 from pipeline.search import search_dores
 from pipeline.segments import classify, fit_database, list_segments
-from pipeline.sync import Worker
+from pipeline.worker import Worker
 from tests.conftest import ROOT
 
 SAMPLE = ROOT / "pipeline" / "data" / "dores_exemplo.csv"

@@ -14,7 +14,7 @@ from pipeline.errors import InputError
 from pipeline.search import search_source
 from pipeline.source_admin import add_source, remove_source
 from pipeline.sources import load_sources
-from pipeline.sync import Worker, count_ready
+from pipeline.worker import Worker, count_ready
 
 LEADS = """
 create table public.leads (

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.db import connect
 from pipeline.errors import ModelMismatchError
-from pipeline.sync import Worker, check_model, record_model
+from pipeline.model import check_model, record_model
+from pipeline.worker import Worker
 
 
 def insert(conn: Any, *rows: tuple[str, str | None]) -> list[int]:

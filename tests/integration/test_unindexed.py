@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.indexes import index_waiting
 from pipeline.search import search_source
 from pipeline.segments import fit_database
 from pipeline.source_admin import add_source
 from pipeline.sources import load_sources
 from pipeline.status import status
-from pipeline.sync import Worker
+from pipeline.worker import Worker
 
 DORES = [
     ("Pacientes faltam às consultas e a agenda fica vazia", "Lembretes automáticos por WhatsApp"),
@@ -67,7 +68,7 @@ def test_a_batch_waits_beside_the_index_is_searched_exactly_and_moved_when_idle(
     plain = conn.execute("select id from dores order by embedding <=> %s limit 4", (query,)).fetchall()
     assert [r["id"] for r in plain] == [i for i, _ in before]
 
-    moved, interrupted = worker.index_waiting(conn, [source])
+    moved, interrupted = index_waiting(conn, [source])
     assert (moved, interrupted) == (4, False)
     for row_id in ids:
         vector, indexed = columns(conn, row_id)
@@ -102,7 +103,7 @@ def test_a_changed_row_leaves_its_stale_vector_and_comes_back_once(conn: Any, wo
     found = search_source(conn, embedder, source, "boletos com vencimento errado", k=4, hybrid=False)
     assert [r["id"] for r in found].count(ids[2]) == 1
     assert found[0]["id"] == ids[2] and found[0]["similarity"] > 0.5
-    worker.index_waiting(conn, [source])
+    index_waiting(conn, [source])
     vector, indexed = columns(conn, ids[2])
     assert indexed and float(np.dot(unit(vector), unit(old))) < 0.99
 
@@ -126,7 +127,7 @@ def test_queued_rows_come_before_moving_vectors_into_the_index(conn: Any, worker
     worker.run_batch(conn, "dores")
     insert(conn, [("Vendedores não registram as visitas", "CRM no celular")])
     sources = load_sources(conn, ["dores"])
-    assert worker.index_waiting(conn, sources, step=1) == (1, True)
+    assert index_waiting(conn, sources, step=1) == (1, True)
     report = worker.drain(conn)  # embeds the new row, then moves the rest
     assert report.embedded == 1 and report.indexed == 4
     assert conn.execute("select count(*) as n from dores where not embedding_indexed").fetchone()["n"] == 0
@@ -148,7 +149,7 @@ def test_a_row_source_added_by_command_waits_too(
     conn.execute("insert into tickets (corpo) values ('A impressora fiscal trava no fechamento do caixa'),"
                  " ('O boleto sai com o vencimento errado')")  # fmt: skip
     source, queued = add_source(conn, name="tickets", table="public.tickets", text="corpo")
-    assert source.deferred and queued == 2
+    assert source.waits and queued == 2
     assert worker.run_batch(conn, "tickets").unindexed == 2
     for hybrid in (False, True):
         found = search_source(conn, embedder, source, "boleto com vencimento errado", k=2, hybrid=hybrid)
@@ -177,7 +178,7 @@ def test_a_worker_granted_only_the_older_columns_writes_into_the_index(conn: Any
     conn.execute("set role pipeline_older_grants")
     try:
         (source,) = load_sources(conn, ["dores"])
-        assert not source.deferred
+        assert not source.waits
         report = Worker(embedder=embedder, settings=settings).run_batch(conn, source)
     finally:
         conn.execute("reset role")
@@ -194,4 +195,4 @@ def test_a_source_whose_table_goes_away_mid_drain_is_skipped(conn: Any, worker: 
     (dores,) = load_sources(conn, ["dores"])
     insert(conn, DORES[:1])
     worker.run_batch(conn, dores)
-    assert worker.index_waiting(conn, [source, dores]) == (1, False)
+    assert index_waiting(conn, [source, dores]) == (1, False)

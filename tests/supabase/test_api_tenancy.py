@@ -18,8 +18,9 @@ from pipeline.config import Settings
 from pipeline.db import connect
 from pipeline.errors import ConfigError
 from pipeline.migrations import migrate
+from pipeline.model import record_model
 from pipeline.segments import fit_database
-from pipeline.sync import Worker, record_model
+from pipeline.worker import Worker
 from tests.supabase.conftest import Project
 
 SECRET = "the-projects-jwt-secret-of-at-least-32-characters"

@@ -14,8 +14,9 @@ from psycopg.rows import dict_row
 from pipeline.config import Settings
 from pipeline.db import connect
 from pipeline.migrations import migrate
+from pipeline.model import record_model
 from pipeline.source_admin import add_source, follow_parent
-from pipeline.sync import Worker, record_model
+from pipeline.worker import Worker
 from tests.supabase.conftest import Project
 from tests.supabase.test_supabase import lints
 

@@ -15,9 +15,10 @@ from pipeline import classifiers
 from pipeline.config import Settings
 from pipeline.db import connect
 from pipeline.migrations import migrate
+from pipeline.model import record_model
 from pipeline.segments import fit_database
 from pipeline.source_admin import add_source
-from pipeline.sync import Worker, record_model
+from pipeline.worker import Worker
 from tests.supabase.conftest import Project
 from tests.supabase.test_supabase import sql_blocks
 

@@ -17,9 +17,10 @@ from pipeline.config import Settings
 from pipeline.db import connect
 from pipeline.errors import RowSecurityError
 from pipeline.migrations import load, migrate
+from pipeline.model import record_model
 from pipeline.security import advisor
 from pipeline.segments import fit_database
-from pipeline.sync import Worker, record_model
+from pipeline.worker import Worker
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.supabase.conftest import Project
 

@@ -16,10 +16,11 @@ from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.indexes import restore_vector_indexes
 from pipeline.migrations import migrate, pending
+from pipeline.model import record_model, recorded_model
 from pipeline.security import advisor
 from pipeline.segments import fit_database
 from pipeline.source_admin import add_source
-from pipeline.sync import Worker, record_model, recorded_model
+from pipeline.worker import Worker
 from tests.supabase.conftest import Project
 from tests.supabase.test_supabase import load_sample, sql_blocks
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from pipeline.chunking import chunk_text
-from pipeline.embedding import bundled_model_path
+from pipeline.model import bundled_model_path
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embedding import BUNDLED_MODEL, DEFAULT_MODEL, bundled_model_path, resolve_model
 from pipeline.errors import ModelError
+from pipeline.model import BUNDLED_MODEL, DEFAULT_MODEL, bundled_model_path, resolve_model
 
 
 def test_default_falls_back_to_the_bundled_weights_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pipeline.db import queries
 from pipeline.migrations import load
-from pipeline.sync import RETRY_CAP_S, SyncReport, retry_delay
+from pipeline.worker import RETRY_CAP_S, SyncReport, retry_delay
 
 
 def test_retry_delay_doubles_and_is_capped() -> None:

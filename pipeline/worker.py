@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from pipeline.chunking import chunk_text
 from pipeline.config import Settings
 from pipeline.db import Connection, query, translate_errors
-from pipeline.embedding import Embedder, ResolvedModel
-from pipeline.errors import DatabaseError, ModelMismatchError, PipelineError, RowSecurityError, SourceUnavailable
+from pipeline.embedding import Embedder
+from pipeline.errors import RowSecurityError, SourceUnavailable
 from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
@@ -70,59 +69,6 @@ class SyncReport:
 def retry_delay(attempts: int, base: float) -> float:
     """Seconds before the next try of a row that failed `attempts` times (exponential, capped)."""
     return float(min(base * 2 ** max(attempts - 1, 0), RETRY_CAP_S))
-
-
-def recorded_model(conn: Connection) -> tuple[str | None, int | None]:
-    """Model name and dimension recorded in `pipeline.state` (None before the first sync)."""
-    with translate_errors():
-        state = {row["key"]: row["value"] for row in conn.execute(query("get_state"))}
-    dimension = state.get("dimension")
-    return state.get("model"), int(dimension) if dimension else None
-
-
-def check_model(conn: Connection, name: str) -> None:
-    """Refuse a model (or backend: `name@backend`) other than the one the database was embedded with."""
-    from pipeline.embedding import parse_identity
-
-    recorded, _ = recorded_model(conn)
-    if recorded is not None and recorded != name:
-        model, backend = parse_identity(name)
-        old_model, old_backend = parse_identity(recorded)
-        if model == old_model:
-            raise ModelMismatchError(
-                f"this database is embedded with {model} on the {old_backend} backend but {backend} is configured; "
-                f"run `pipeline reembed --backend {backend}` to switch, or unset PIPELINE_BACKEND to keep {old_backend}"
-            )
-        switch = f"--model {model}" + (f" --backend {backend}" if backend != "torch" else "")
-        raise ModelMismatchError(
-            f"this database is embedded with {recorded} but {name} is configured; "
-            f"run `pipeline reembed {switch}` to switch, or unset PIPELINE_MODEL to keep {recorded}"
-        )
-
-
-def record_model(conn: Connection, embedder: Embedder) -> None:
-    """Record the model at the first sync; refuse if another one is recorded or the dimension differs."""
-    with translate_errors():
-        row = conn.execute(query("column_dimension")).fetchone()
-        column = int(row["dimension"]) if row else -1
-        if column > 0 and column != embedder.dimension:
-            raise ModelMismatchError(
-                f"{embedder.name} makes {embedder.dimension}-dimensional vectors but the tables hold "
-                f"vector({column}); run `pipeline reembed --model {embedder.name}` to switch"
-            )
-    recorded, _ = recorded_model(conn)
-    if recorded is None:
-        try:
-            with translate_errors():
-                conn.execute(query("record_model"), {"model": embedder.name, "dimension": embedder.dimension})
-        except DatabaseError as exc:  # the owner's key (sql/repeatable/security.sql)
-            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
-                raise
-            raise PipelineError(
-                "no model is recorded in this database yet, and only the owner of its tables records one: "
-                "run `pipeline sync` once as the owner (on Supabase: postgres), then start the worker"
-            ) from exc
-    check_model(conn, embedder.name)
 
 
 @dataclasses.dataclass
@@ -359,49 +305,13 @@ class Worker:
         """Whether this batch's vectors may wait for the vector index: the source can hold them, fewer than
         PIPELINE_MAX_UNINDEXED wait already, and the index is there (a bulk write may have set it aside:
         then writing into `embedding` costs no index insert anyway)."""
-        if not source.deferred or self.settings.max_unindexed <= 0:
+        if not source.waits or self.settings.max_unindexed <= 0:
             return False
         waiting = conn.execute(source.unindexed_query(), {"cap": self.settings.max_unindexed}).fetchone()["n"]
         if waiting >= self.settings.max_unindexed:
             return False
         found = conn.execute(query("has_vector_index"), {"table": source.table.as_string(conn)}).fetchone()
         return bool(found["indexed"])
-
-    def index_waiting(
-        self, conn: Connection, sources: Sequence[Source], *, stop: threading.Event | None = None, step: int = 512
-    ) -> tuple[int, bool]:
-        """Move the vectors that wait for the index into it, `step` rows per transaction, until none wait.
-
-        Returns the rows moved, and whether it stopped early because rows were queued meanwhile (the
-        model's work comes first: the next drain picks it up, and this goes on when it is done).
-        """
-        moved, interrupted = 0, False
-        names = [s.name for s in sources]
-        for source in sources:
-            if not source.deferred or interrupted:
-                continue
-            started, count = time.perf_counter(), 0
-            while not (stop and stop.is_set()):
-                with translate_errors():
-                    try:
-                        with conn.transaction():
-                            step_count = conn.execute(source.index_waiting_query(), {"limit": step}).rowcount
-                    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
-                        break  # its table is gone or changed since the drain began: the batches say so
-                count += step_count
-                if step_count < step:
-                    break
-                with translate_errors():
-                    if conn.execute(query("any_ready"), {"sources": names}).fetchone()["ready"]:
-                        interrupted = True
-                        break
-            if count:
-                logger.info(
-                    "%s: %d vectors moved into the vector index in %.2fs%s", source.name, count,
-                    time.perf_counter() - started, " (rows were queued: embedding them first)" if interrupted else "",
-                )  # fmt: skip
-            moved += count
-        return moved, interrupted
 
     def _fail(self, batch: Batch, key: str, error: str, *, permanent: bool) -> None:
         attempts = batch.claimed[key] + 1
@@ -428,121 +338,20 @@ class Worker:
         stop: threading.Event | None = None,
         on_batch: Callable[[SyncReport], None] | None = None,
     ) -> SyncReport:
-        """Process batches until no row is ready (or `stop` is set); return the totals.
+        """Process batches until no row is ready (or `stop` is set); return the totals (`pipeline.drain`)."""
+        from pipeline.drain import drain
 
-        `sources` defaults to every registered source, read afresh on each call (a source added while
-        a daemon runs is picked up by its next drain). Sources take turns, batch by batch, so a backlog
-        in one never starves another. With a `spare` connection, each batch is written and committed on
-        a background thread while the next one is claimed and embedded on the other connection
-        (SKIP LOCKED keeps them apart). When nothing is left to embed, the vectors that wait for the
-        vector index are moved into it; rows queued meanwhile are embedded first.
-        """
-        resolved = _resolve(conn, sources)
-        total = SyncReport()
-        started = time.perf_counter()
-        touched: set[str] = set()
-
-        def collect(report: SyncReport) -> None:
-            total.add(report)
-            if report.claimed:
-                touched.add(report.source)
-            if on_batch:
-                on_batch(report)
-
-        while True:
-            if spare is None:
-                self._drain_serial(conn, resolved, stop, collect)
-            else:
-                self._drain_overlapped(conn, spare, resolved, stop, collect)
-            if stop and stop.is_set():
-                break
-            moved, interrupted = self.index_waiting(conn, resolved, stop=stop)
-            total.indexed += moved
-            if not interrupted:
-                break
-        total.seconds = time.perf_counter() - started  # wall time: overlapped batches' own times add up to more
-        _record_sync(conn, touched)
-        return total
-
-    def _drain_serial(
-        self,
-        conn: Connection,
-        resolved: list[Source],
-        stop: threading.Event | None,
-        collect: Callable[[SyncReport], None],
-    ) -> None:
-        active = list(resolved)
-        while active and not (stop and stop.is_set()):
-            for source in list(active):
-                if stop and stop.is_set():
-                    break
-                try:
-                    report = self.run_batch(conn, source)
-                except SourceUnavailable as exc:
-                    logger.warning("%s", exc)
-                    report = SyncReport()
-                if report.claimed == 0:
-                    active.remove(source)
-                else:
-                    collect(report)
-
-    def _drain_overlapped(
-        self,
-        conn: Connection,
-        spare: Connection,
-        resolved: list[Source],
-        stop: threading.Event | None,
-        collect: Callable[[SyncReport], None],
-    ) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        connections = [conn, spare]
-        unavailable: set[str] = set()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
-            writing: Future[SyncReport] | None = None
-            turn = 0
-            while not (stop and stop.is_set()):
-                batch = None
-                try:
-                    for offset in range(len(resolved)):  # round robin: start after the last source served
-                        source = resolved[(turn + offset) % len(resolved)]
-                        if source.name in unavailable:
-                            continue
-                        try:
-                            batch = self.begin(connections[turn % 2], source)
-                        except SourceUnavailable as exc:
-                            logger.warning("%s", exc)
-                            unavailable.add(source.name)
-                            continue
-                        if batch:
-                            break
-                finally:
-                    in_flight, writing = writing, None
-                    if in_flight is not None:
-                        try:
-                            collect(in_flight.result())
-                        except BaseException:
-                            if batch is not None:
-                                batch.conn.rollback()
-                            raise
-                if batch is None:
-                    if in_flight is not None:
-                        continue  # its commit may have made rows ready again (changed text, retry now)
-                    break
-                writing = writer.submit(self.finish, batch)
-                turn += 1
-            if writing is not None:
-                collect(writing.result())
+        return drain(self, conn, sources, spare=spare, stop=stop, on_batch=on_batch)
 
 
-def _record_sync(conn: Connection, sources: set[str]) -> None:
+def record_sync(conn: Connection, sources: set[str]) -> None:
     """When each source was last synced, whatever came of it (`status` shows it even if every row failed)."""
     if sources:
         with translate_errors():
             conn.execute(query("record_sync"), {"keys": [f"last_sync:{name}" for name in sorted(sources)]})
 
 
-def _resolve(conn: Connection, sources: Sequence[Source | str] | None) -> list[Source]:
+def resolve_sources(conn: Connection, sources: Sequence[Source | str] | None) -> list[Source]:
     if sources is None:
         return load_sources(conn)
     names = [s for s in sources if isinstance(s, str)]
@@ -572,37 +381,6 @@ def count_ready(conn: Connection, sources: Sequence[Source | str] | None = None)
     return int(row["n"]) if row else 0
 
 
-def queue_stale(
-    conn: Connection, *, sources: Sequence[Source | str] | None = None, model: str, rebuild: bool = False
-) -> int:
-    """Queue every row whose vectors are missing or stale (or every row, with `rebuild`)."""
-    queued = 0
-    resolved = _resolve(conn, sources)
-    with translate_errors(), conn.transaction():
-        for source in resolved:
-            if rebuild:
-                conn.execute(source.forget_hashes_query())
-            conn.execute("savepoint pipeline_stale")
-            try:
-                queued += conn.execute(source.queue_stale_query(), {"model": model}).rowcount
-            except psycopg.errors.DataError:  # the text expression raises for some row: the worker sorts it out
-                conn.execute("rollback to savepoint pipeline_stale")
-                queued += conn.execute(source.queue_all_query()).rowcount
-    return queued
-
-
-def database_model(conn: Connection, settings: Settings, *, require_recorded: bool = False) -> ResolvedModel:
-    """The model to use with this database: the configured one, else the recorded one; a mismatch is refused."""
-    from pipeline.embedding import resolve_model
-
-    recorded, _ = recorded_model(conn)
-    if require_recorded and recorded is None:
-        raise PipelineError("nothing is embedded yet: run `pipeline sync` first")
-    resolved = resolve_model(settings.model, recorded, backend=settings.backend)
-    check_model(conn, resolved.identity)
-    return resolved
-
-
 def prepare_worker(
     conn: Connection,
     settings: Settings,
@@ -610,67 +388,10 @@ def prepare_worker(
     before_write: Callable[[str, Sequence[int]], None] | None = None,
 ) -> Worker:
     """Resolve the model (refusing a mismatch before paying for a load), load it, record it."""
-    from pipeline.embedding import load_embedder
+    from pipeline.model import database_model, load_embedder, record_model
     from pipeline.security import check_worker_access
 
     check_worker_access(conn)
     embedder = load_embedder(settings, database_model(conn, settings))
     record_model(conn, embedder)
     return Worker(embedder=embedder, settings=settings, before_write=before_write)
-
-
-def switch_model(conn: Connection, embedder: Embedder) -> None:
-    """Make `embedder` the database's model, changing the vector columns' dimension if it differs.
-
-    Vectors of the old model stay searchable until re-embedded when the dimension is the same; with a
-    new dimension they are cleared (they could not be compared with new queries anyway).
-    """
-    with translate_errors(), conn.transaction():
-        row = conn.execute(query("column_dimension")).fetchone()
-        column = int(row["dimension"]) if row else -1
-        if column != embedder.dimension:
-            logger.warning("changing vector columns from %d to %d dimensions", column, embedder.dimension)
-            for source in load_sources(conn):
-                _change_dimension(conn, source, embedder.dimension)
-            conn.execute("delete from public.segments")
-        conn.execute(query("set_model"), {"model": embedder.name, "dimension": embedder.dimension})
-        if column != embedder.dimension:
-            from pipeline.source_admin import refresh_search_functions
-
-            refresh_search_functions(conn)  # their query_embedding takes the new dimension
-
-
-def _change_dimension(conn: Connection, source: Source, dimension: int) -> None:
-    """Clear a source's vectors and give its vector column the new dimension, rebuilding its indexes."""
-    target = source.chunks if source.chunked else source.table
-    indexes = conn.execute(
-        "select pg_get_indexdef(i.indexrelid) as definition, i.indexrelid::regclass::text as name"
-        " from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)"
-        " where i.indrelid = to_regclass(%s) and a.attname = 'embedding'",
-        (target.as_string(conn),),
-    ).fetchall()
-    # Triggers that name the column (`update of embedding`, sql/repeatable/security.sql) hold its type too.
-    triggers = conn.execute(
-        "select t.tgname as name, pg_get_triggerdef(t.oid) as definition from pg_trigger t"
-        " join pg_attribute a on a.attrelid = t.tgrelid and a.attnum = any(t.tgattr)"
-        " where t.tgrelid = to_regclass(%s) and a.attname = 'embedding' and not t.tgisinternal",
-        (source.table.as_string(conn),),
-    ).fetchall()
-    for trigger in triggers:
-        conn.execute(sql.SQL("drop trigger {} on {}").format(sql.Identifier(trigger["name"]), source.table))
-    for index in indexes:
-        conn.execute(f"drop index {index['name']}".encode())
-    if source.chunked:
-        conn.execute(sql.SQL("delete from {}").format(target))
-    clear = "embedding_model = null, content_hash = null, embedded_at = null"
-    vectors = "" if source.chunked else "embedding = null, "
-    conn.execute(
-        sql.SQL("update {} set {}{} where embedded_at is not null").format(
-            source.table, sql.SQL(vectors), sql.SQL(clear)
-        )
-    )
-    conn.execute(
-        sql.SQL("alter table {} alter column embedding type vector({})").format(target, sql.SQL(str(int(dimension))))
-    )
-    for statement in [i["definition"] for i in indexes] + [t["definition"] for t in triggers]:
-        conn.execute(statement.encode())  # read from the catalog above, in this transaction
