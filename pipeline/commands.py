@@ -439,10 +439,10 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query_embedder(conn: Any, settings: Settings) -> Any:
-    """The database's model, for embedding a query."""
-    from pipeline.model import database_model, load_embedder
+    """The database's model, for embedding a query (loaded when the query is embedded)."""
+    from pipeline.model import database_embedder
 
-    return load_embedder(settings, database_model(conn, settings, require_recorded=True))
+    return database_embedder(conn, settings, require_recorded=True)
 
 
 @command("serve")

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -182,6 +182,39 @@ def load_embedder(settings: Settings, model: ResolvedModel | None = None) -> Bat
         max_chars=settings.max_chars,
         threads=settings.threads,
     )
+
+
+class LazyEmbedder:
+    """A resolved model that loads on first use: a command with nothing to embed (`sync` on an empty queue,
+    `backfill` with nothing stale) never pays the seconds a model takes to load. Its identity is known
+    without loading; its dimension too when the database recorded this very model."""
+
+    def __init__(self, settings: Settings, model: ResolvedModel, *, dimension: int | None = None) -> None:
+        self.settings = settings
+        self.model = model
+        self.name = model.identity
+        self._dimension = dimension
+        self._loaded: BatchedEmbedder | None = None
+
+    @property
+    def loaded(self) -> BatchedEmbedder:
+        if self._loaded is None:
+            self._loaded = load_embedder(self.settings, self.model)
+        return self._loaded
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension if self._loaded is None and self._dimension is not None else self.loaded.dimension
+
+    def __getattr__(self, attribute: str) -> Any:  # embed, count_tokens, max_tokens, ...: the model itself
+        return getattr(self.loaded, attribute)
+
+
+def database_embedder(conn: Connection, settings: Settings, *, require_recorded: bool = False) -> LazyEmbedder:
+    """The database's model (`database_model`), loaded when it is first used."""
+    resolved = database_model(conn, settings, require_recorded=require_recorded)
+    recorded, dimension = recorded_model(conn)
+    return LazyEmbedder(settings, resolved, dimension=dimension if recorded == resolved.identity else None)
 
 
 # -- the database's record: one model per database ------------------------------------------------

@@ -438,6 +438,10 @@ def classify(conn: Connection, embedder: Any, text: str, *, source: str = "dores
     """The current segment (of `source`'s model) nearest to `text`, with its label and the cosine similarity."""
     if not text.strip():
         raise InputError("the text to classify is empty")
+    with translate_errors():  # before the model is loaded to embed the text
+        fitted = conn.execute(query("active_centroids"), {"source": source}).fetchone()
+    if fitted is None:
+        raise PipelineError("no segments yet: run `pipeline segment` (after `pipeline sync`)")
     vector = embedder.embed([text])[0]
     with translate_errors():
         row = conn.execute(query("classify"), {"embedding": vector, "source": source}).fetchone()

@@ -8,6 +8,7 @@ delete the claimed queue rows. A crash anywhere rolls everything back and the ro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -109,9 +110,13 @@ class Worker:
     ) -> None:
         self.embedder = embedder
         self.settings = settings
-        self.chunk_tokens = settings.chunk_tokens or max(min(embedder.max_tokens - 2, DEFAULT_CHUNK_TOKENS), 8)
         # Called after embedding and before writing (tests use it to change rows mid-batch).
         self.before_write = before_write
+
+    @functools.cached_property
+    def chunk_tokens(self) -> int:
+        """Tokens per chunk of a chunked source (asked of the model only when something is chunked)."""
+        return self.settings.chunk_tokens or max(min(self.embedder.max_tokens - 2, DEFAULT_CHUNK_TOKENS), 8)
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -387,11 +392,11 @@ def prepare_worker(
     *,
     before_write: Callable[[str, Sequence[int]], None] | None = None,
 ) -> Worker:
-    """Resolve the model (refusing a mismatch before paying for a load), load it, record it."""
-    from pipeline.model import database_model, load_embedder, record_model
+    """Resolve the model (refusing a mismatch before paying for a load) and record it; it loads when first used."""
+    from pipeline.model import database_embedder, record_model
     from pipeline.security import check_worker_access
 
     check_worker_access(conn)
-    embedder = load_embedder(settings, database_model(conn, settings))
+    embedder = database_embedder(conn, settings)  # loaded when there is text to embed
     record_model(conn, embedder)
     return Worker(embedder=embedder, settings=settings, before_write=before_write)
