@@ -149,7 +149,7 @@ def _resolve_name(requested: str | None, recorded: str | None) -> ResolvedModel:
         return ResolvedModel(BUNDLED_MODEL, str(bundled))
     raise ModelError(
         f"model {name} is not in the local cache and the hub cannot be reached; "
-        "download it where there is network (huggingface-cli download NAME) or pass a local directory"
+        f"download it where there is network (pipeline model download {name}) or pass a local directory"
     )
 
 
