@@ -1,4 +1,4 @@
-"""`pipeline classifier ...` and `pipeline score`: train, list, remove, score rows and texts."""
+"""Trained classifiers: `classifier train|list|remove|score-all`, and `score` for texts (n8n)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,63 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands import _connection, _print_json, _query_embedder, command
+from pipeline.commands.common import Handler, Parents, Subparsers, connection, plural, print_json, query_embedder
 from pipeline.config import Settings
 from pipeline.errors import InputError
 
 
-@command("classifier")
+def register(sub: Subparsers, parents: Parents) -> None:
+    common = [parents.common]
+    p = sub.add_parser(
+        "classifier",
+        parents=common,
+        help="train classifiers (lead score, triage) from labelled rows; list, remove, score-all",
+        description="A classifier learns a label (a column, or an SQL expression of the row) from the stored "
+        "vectors of a row source's labelled rows: logistic regression, its regularisation chosen by "
+        "cross-validation. It is kept in the database; the daemon scores every new or changed row of the source "
+        "into pipeline.predictions, and SQL callers use public.predict(name, query_embedding).",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser(
+        "train", parents=common, help="train a new version and make it active (rescores every row)"
+    )
+    train.add_argument("name", help="the classifier's name: lowercase letters, digits and _ (e.g. lead)")
+    train.add_argument("--source", required=True, metavar="SRC", help="the row source whose rows it learns from")
+    train.add_argument("--label", required=True, help="column or SQL expression: each row's label (null: unlabelled)")
+    train.add_argument("--positive", help="the class whose probability is the score (with more labels: it vs the rest)")
+    train.add_argument("--no-score", action="store_true", help="do not score the source's rows now")
+    train.add_argument("--json", action="store_true")
+    lst = actions.add_parser("list", parents=common, help="classifiers with their classes, metrics and lag")
+    lst.add_argument("--json", action="store_true")
+    rm = actions.add_parser("remove", parents=common, help="drop a classifier, its versions and predictions")
+    rm.add_argument("name")
+    sa = actions.add_parser("score-all", parents=common, help="score the rows its active version has not scored")
+    sa.add_argument("name")
+
+    p = sub.add_parser(
+        "score",
+        parents=common,
+        help="a classifier's label and probabilities for texts (n8n): TEXT, --stdin or --csv",
+        description='`pipeline score lead "texto"` prints the label and its probability (--json: '
+        '{"text", "label", "probability", "probabilities"}). --stdin reads a text, {"text"} or {"texts"} '
+        "(--lines: one per line) and prints a JSON list. --csv F --text-col C --out G adds label and probability "
+        "columns.",
+    )
+    p.add_argument("name", help="the classifier")
+    p.add_argument("text", nargs="?", help="the text to score")
+    p.add_argument("--stdin", action="store_true", help="read the text(s) from standard input")
+    p.add_argument("--lines", action="store_true", help="with --stdin: one text per line")
+    p.add_argument("--csv", help="CSV file to score")
+    p.add_argument("--text-col", default="text", help="CSV column to score (default text)")
+    p.add_argument("--out", help="CSV file to write (default: stdout)")
+    p.add_argument("--json", action="store_true")
+
+
 def cmd_classifier(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import classifiers
     from pipeline.progress import Progress
 
-    with _connection(settings) as conn:
+    with connection(settings) as conn:
         if args.action == "train":
             with Progress(0, "score") as progress:
                 result = classifiers.train(
@@ -31,7 +77,7 @@ def cmd_classifier(args: argparse.Namespace, settings: Settings) -> int:
                     on_scored=lambda n: progress.bar.update(n),
                 )
             if args.json:
-                _print_json(result.as_dict())
+                print_json(result.as_dict())
                 return 0
             counts = ", ".join(f"{label} {n}" for label, n in result.counts.items())
             quality = (
@@ -42,15 +88,15 @@ def cmd_classifier(args: argparse.Namespace, settings: Settings) -> int:
             )
             print(f"classifier {result.name} v{result.version} on {result.source}: {counts}; {quality}")
             if not args.no_score:
-                print(f"scored {result.scored} rows into pipeline.predictions")
+                print(f"scored {plural(result.scored, 'row')} into pipeline.predictions")
         elif args.action == "score-all":
             with Progress(classifiers.unscored(conn, args.name), "score") as progress:
                 scored = classifiers.score_all(conn, args.name, on_scored=lambda n: progress.bar.update(n))
-            print(f"scored {scored} rows with {args.name}")
+            print(f"scored {plural(scored, 'row')} with {args.name}")
         elif args.action == "list":
             rows = classifiers.list_classifiers(conn)
             if args.json:
-                _print_json(rows)
+                print_json(rows)
             elif not rows:
                 print("no classifiers: train one with `pipeline classifier train NAME --source SRC --label COLUMN`")
             for row in [] if args.json else rows:
@@ -59,15 +105,14 @@ def cmd_classifier(args: argparse.Namespace, settings: Settings) -> int:
                 print(
                     f"{row['name']:<16} v{row['version']} on {row['source']} (label {row['label']}): {counts}; "
                     f"accuracy {metrics.get('accuracy')}, macro-F1 {metrics.get('macro_f1')}; "
-                    f"{row['unscored']} rows unscored"
+                    f"{plural(row['unscored'], 'row')} unscored"
                 )
         else:
             dropped = classifiers.remove(conn, args.name)
-            print(f"classifier {args.name} removed with its versions and {dropped} predictions")
+            print(f"classifier {args.name} removed with its versions and {plural(dropped, 'prediction')}")
     return 0
 
 
-@command("score")
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline import classifiers
     from pipeline.textio import parse_stdin
@@ -83,13 +128,13 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         return _score_csv(args, settings)
     else:
         texts = [args.text]
-    with _connection(settings) as conn:
+    with connection(settings) as conn:
         classifiers.usable(conn, args.name)  # unknown name or stale model: said before the model loads
-        embedder = _query_embedder(conn, settings)
+        embedder = query_embedder(conn, settings)
         results = classifiers.predict(conn, args.name, embedder.embed(texts))
     rows = [_scored(text, result) for text, result in zip(texts, results, strict=True)]
     if args.json or args.stdin:
-        _print_json(rows if args.stdin else rows[0])
+        print_json(rows if args.stdin else rows[0])
         return 0
     row = rows[0]
     others = ", ".join(f"{label} {p:.3f}" for label, p in row["probabilities"].items())
@@ -111,9 +156,9 @@ def _score_csv(args: argparse.Namespace, settings: Settings) -> int:
     rows = list(reader)
     if not rows:
         raise InputError(f"{args.csv} has a header but no rows")
-    with _connection(settings) as conn:
+    with connection(settings) as conn:
         classifiers.usable(conn, args.name)
-        embedder = _query_embedder(conn, settings)
+        embedder = query_embedder(conn, settings)
         step = 512
         with tqdm(total=len(rows), desc="score", unit="rows", file=sys.stderr, disable=None) as bar:
             for start in range(0, len(rows), step):
@@ -130,7 +175,7 @@ def _score_csv(args: argparse.Namespace, settings: Settings) -> int:
         with open(args.out, "w", encoding="utf-8", newline="") as handle:
             _write_csv(handle, columns, rows)
     if args.out not in (None, "-"):
-        print(f"wrote {len(rows)} scored rows to {args.out}", file=sys.stderr)
+        print(f"wrote {plural(len(rows), 'scored row')} to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -138,3 +183,6 @@ def _write_csv(handle: Any, columns: list[str], rows: list[dict[str, str]]) -> N
     writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
+
+
+COMMANDS: dict[str, Handler] = {"classifier": cmd_classifier, "score": cmd_score}
