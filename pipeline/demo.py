@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.commands.common import plural
 from pipeline.config import Settings
 from pipeline.csvio import import_dores
 from pipeline.db import connect, database_url
@@ -31,20 +32,20 @@ def run_demo(settings: Settings) -> int:
         row = conn.execute("select count(*) as n from public.dores").fetchone()
         if row and row["n"] == 0:
             report = import_dores(conn, SAMPLE)
-            print(f"import-csv: {report.inserted} sample dores from {SAMPLE.name}")
+            print(f"import-csv: {plural(report.inserted, 'sample dor', 'sample dores')} from {SAMPLE.name}")
         else:
-            print(f"import-csv: dores already has {row['n'] if row else 0} rows; sample not loaded again")
+            print(f"import-csv: dores already has {plural(row['n'] if row else 0, 'row')}; sample not loaded again")
         worker = prepare_worker(conn, settings)
         with Progress(count_ready(conn), "sync") as progress:
             sync = worker.drain(conn, spare=spare, on_batch=progress)
-        print(f"sync: {sync.embedded} rows embedded in {sync.seconds:.1f}s, {sync.unchanged} unchanged")
+        print(f"sync: {plural(sync.embedded, 'row')} embedded in {sync.seconds:.1f}s, {sync.unchanged} unchanged")
         for text in QUERIES:
             print(f'\nsearch "{text}" (words and meaning, RRF score):')
             for hit in search_dores(conn, worker.embedder, text, k=3):
                 print(f"  {hit['score']:.4f}  {hit['dor_base']}  ->  {hit['solucao_graventum']}")
         print("\n" + format_status(status(conn)))
     print(
-        "\nThe database keeps running; `pipeline db url` prints its URL for psql, "
+        "\nThe database keeps running: `pipeline db psql` opens psql on it (`pipeline db url` prints its URL), "
         "`pipeline run` starts the daemon, `pipeline db stop` stops the server.",
         file=sys.stderr,
     )

@@ -72,7 +72,8 @@ def fit_tfidf(texts: Sequence[str], *, clusters: int, max_features: int = 500) -
     if clusters < 2:
         raise InputError(f"the number of segments must be at least 2, got {clusters}")
     if len(texts) < clusters:
-        raise InputError(f"{len(texts)} rows cannot make {clusters} segments: ask for {len(texts)} or fewer")
+        rows = "1 row" if len(texts) == 1 else f"{len(texts)} rows"
+        raise InputError(f"{rows} cannot make {clusters} segments: ask for {len(texts)} or fewer")
     matrix = None
     for settings in (SEED_TFIDF, SMALL_TFIDF):
         vectorizer = TfidfVectorizer(max_features=max_features, **settings)  # type: ignore[arg-type]
@@ -204,7 +205,7 @@ def choose_k(vectors: np.ndarray, k_range: range, *, seed: int = RANDOM_STATE) -
         labels = KMeans(n_clusters=k, random_state=seed, n_init=3).fit_predict(sample)
         scores[k] = float(silhouette_score(sample, labels, metric="cosine"))
     if not scores:
-        raise InputError(f"too few embedded dores ({len(vectors)}) to choose a number of segments")
+        raise InputError(f"too few embedded rows ({len(vectors)}) to choose a number of segments")
     best = max(scores, key=lambda k: scores[k])
     return best, scores
 
@@ -289,7 +290,8 @@ def fit_database(
         ids, vectors, texts = _read_rows(conn, table)
         if len(ids) < 2:
             raise InputError(
-                f"only {len(ids)} embedded {source} rows: run `pipeline sync` first (segments need at least 2)"
+                f"only {len(ids)} embedded {source} {'row' if len(ids) == 1 else 'rows'}: run `pipeline sync` first "
+                "(segments need at least 2)"
             )
         previous = _active_centroids(conn, source)
         if clusters == "auto":

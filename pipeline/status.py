@@ -91,16 +91,21 @@ def format_status(data: dict[str, Any]) -> str:
             f"{row['failed']:>7} {oldest:>15}  {row['last_sync'] or '-'}"
         )
         if row["chunks"]:
-            lines[-1] += f"  ({row['chunks']} chunks)"
+            lines[-1] += f"  ({_count(row['chunks'], 'chunk')})"
         if row["unindexed"]:
-            lines.append(f"  {row['unindexed']} {row['table']} vectors wait for the vector index (searched exactly)")
+            waits = "waits" if row["unindexed"] == 1 else "wait"
+            vectors = _count(row["unindexed"], "vector")
+            lines.append(f"  {vectors} of {row['table']} {waits} for the vector index (searched exactly)")
         if row["other_model"]:
             lines.append(
-                f"  {row['other_model']} {row['table']} rows embedded with another model: run `pipeline backfill`"
+                f"  {_count(row['other_model'], 'row')} of {row['table']} embedded with another model: "
+                "run `pipeline backfill`"
             )
     for row in data.get("classifiers", []):
         lines.append(
-            f"classifier {row['classifier']} v{row['version']} on {row['source']}: {_n(row['unscored'])} rows unscored"
+            f"classifier {row['classifier']} v{row['version']} on {row['source']}: "
+            + ("- rows" if row["unscored"] is None else _count(row["unscored"], "row"))
+            + " unscored"
         )
     lines.extend(f"warning: {warning}" for warning in data.get("warnings", []))
     return "\n".join(lines)
@@ -108,3 +113,7 @@ def format_status(data: dict[str, Any]) -> str:
 
 def _n(value: Any) -> Any:
     return "-" if value is None else value
+
+
+def _count(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
