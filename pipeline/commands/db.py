@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import subprocess
+import threading
 import warnings
 from pathlib import Path
 
@@ -52,12 +55,31 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "url":
         print(database_url(settings))
     elif args.action == "psql":
-        return subprocess.run([str(psql_program()), "-d", database_url(settings), *args.psql_args]).returncode
+        return run_psql(database_url(settings), args.psql_args)
     elif args.action == "stop":
         if settings.database_url:
             raise InputError("DATABASE_URL is set: there is no embedded server to stop")
         print("stopped" if stop_embedded(settings.data_dir) else "not running")
     return 0
+
+
+def run_psql(url: str, extra: list[str]) -> int:
+    """Run psql on `url` in the foreground. The password goes in its environment, not on its command line
+    (which every local user can read); Ctrl-C is psql's (it cancels the query), so this process lets it pass."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+    command = [str(psql_program()), "-d", make_conninfo("", **params), *extra]
+    if threading.current_thread() is not threading.main_thread():
+        return subprocess.run(command, env=env).returncode
+    # A Python handler, not SIG_IGN: psql starts with the default disposition and installs its own.
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        return subprocess.run(command, env=env).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def psql_program() -> Path:
