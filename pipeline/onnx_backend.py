@@ -13,6 +13,7 @@ slightly with its batch neighbours (cosine above 0.99 between batchings), as the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +102,17 @@ def _valid(entry: Path, weights_hash: str) -> bool:
     return bool(data.get("weights_sha256") == weights_hash and data.get("onnx_sha256") == _sha256(model))
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantiser warns through the root logger; hold warnings back while it runs."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def build(model_dir: Path, entry: Path, weights_hash: str) -> None:
     """Export the transformer to ONNX and quantise it; write the entry atomically (temp dir, rename)."""
     import torch
@@ -124,7 +138,11 @@ def build(model_dir: Path, entry: Path, weights_hash: str) -> None:
 
         sample = tokenizer(["uma frase de exemplo", "outra"], padding=True, return_tensors="pt")
         axes = {n: {0: "batch", 1: "tokens"} for n in names}
-        with torch.no_grad():
+        # The tracer and the quantiser talk to the user about things that do not apply to this export
+        # (TracerWarning on shape arithmetic that dynamic_axes covers, "consider pre-processing": measured
+        # without, docs/benchmarks.md); the one-line log below says what happened.
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_root_logger():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 Encoder(model),
                 tuple(sample[n] for n in names),
@@ -135,9 +153,9 @@ def build(model_dir: Path, entry: Path, weights_hash: str) -> None:
                 opset_version=17,
                 dynamo=False,
             )
-        quantize_dynamic(
-            str(work / "fp32.onnx"), str(work / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True
-        )
+            quantize_dynamic(
+                str(work / "fp32.onnx"), str(work / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True
+            )
         (work / "fp32.onnx").unlink()
         meta = {
             "weights_sha256": weights_hash,
