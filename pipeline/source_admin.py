@@ -18,6 +18,7 @@ from psycopg import sql
 from pipeline import search_functions
 from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import InputError
+from pipeline.source_triggers import TRIGGER_FUNCTIONS, install_guard, install_queue_triggers
 from pipeline.sources import Source, load_sources
 
 logger = logging.getLogger(__name__)
@@ -28,14 +29,6 @@ BUILT_IN_FUNCTIONS = ("match_dores", "match_documents")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COLUMN_LIST = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*\s*$")
 KEY_TYPES = {"int8": "bigint", "int4": "integer", "int2": "integer", "uuid": "uuid", "text": "text", "varchar": "text"}
-TRIGGER_FUNCTIONS = (
-    "enqueue_row",
-    "forget_row",
-    "forget_table",
-    "notify_queue",
-    "keep_derived_columns",
-    "copy_metadata_to_chunks",
-)
 
 
 def add_source(
@@ -224,8 +217,8 @@ def _install(conn: Connection, source: Source, dimension: int, columns: dict[str
                 "create index if not exists {} on {} using hnsw (embedding vector_cosine_ops) where embedding_indexed"
             ).format(sql.Identifier(f"{name}_embedding_idx"), table)
         )
-    _triggers(conn, source)
-    _guard(conn, source)
+    install_queue_triggers(conn, source)
+    install_guard(conn, source)
     search_functions.create(conn, source, dimension)
 
 
@@ -249,7 +242,7 @@ def _indexed_flag(conn: Connection, source: Source) -> None:
 def refresh_search_functions(conn: Connection) -> list[str]:
     """Give every source this version's search functions, rendered from pipeline/sql/templates/search.sql
     (`migrate` runs it in the transaction that applies the repeatable files), and the guards of an added
-    source's table (`_guard`).
+    source's table (`install_guard`).
 
     `create or replace` keeps each function's owner and grants; an added source whose functions this role may
     not replace keeps them, with a warning. Returns the names of the sources refreshed.
@@ -260,7 +253,7 @@ def refresh_search_functions(conn: Connection) -> list[str]:
         try:
             with conn.transaction():
                 if source.search_function not in BUILT_IN_FUNCTIONS:
-                    _guard(conn, source)
+                    install_guard(conn, source)
                 search_functions.create(conn, source, dimension)
                 if source.chunked and source.search_function not in BUILT_IN_FUNCTIONS:
                     _follow_parent_metadata(conn, source)  # documents': sql/repeatable/chunks.sql
@@ -274,80 +267,8 @@ def refresh_search_functions(conn: Connection) -> list[str]:
 
 
 def _close_to_api_roles(conn: Connection, table: sql.Composable) -> None:
-    """A table the pipeline creates gets row-level security (0005); `_guard` takes the rest."""
+    """A table the pipeline creates gets row-level security (0005); `install_guard` takes the rest."""
     conn.execute(sql.SQL("alter table {} enable row level security").format(table))
-
-
-def _guard(conn: Connection, source: Source) -> None:
-    """Keep the pipeline's own columns the pipeline's (sql/repeatable/security.sql): a vector, model, hash or
-    segment written by any other role is dropped, a chunk written by one refused. And the rights that
-    row-level security does not govern are taken from the API roles, as 0005 does for dores."""
-    derived = ["embedding_model", "content_hash", "embedded_at"]
-    if not source.chunked:
-        derived = ["embedding", *(["embedding_indexed"] if source.waits else []), *derived]
-        derived += [source.segment_column] if source.segment_column else []
-    statement = (
-        "create or replace trigger pipeline_keep_derived before insert or update of {columns} on {table}"
-        " for each row execute function pipeline.keep_derived_columns({args})"
-    )
-    conn.execute(
-        sql.SQL(statement).format(
-            columns=sql.SQL(", ").join(map(sql.Identifier, derived)),
-            table=source.table,
-            args=sql.SQL(", ").join(map(sql.Literal, derived)),
-        )
-    )
-    tables = [source.table]
-    if source.chunked:
-        conn.execute(
-            sql.SQL(
-                "create or replace trigger pipeline_keep_derived before insert or update on {}"
-                " for each row execute function pipeline.keep_derived_columns()"
-            ).format(source.chunks)
-        )
-        tables.append(source.chunks)
-    for row in conn.execute("select rolname from pg_roles where rolname in ('anon', 'authenticated')").fetchall():
-        for table in tables:
-            conn.execute(
-                sql.SQL("revoke truncate, references, trigger on {} from {}").format(
-                    table, sql.Identifier(row["rolname"])
-                )
-            )
-
-
-def _triggers(conn: Connection, source: Source) -> None:
-    table, name = source.table, sql.Literal(source.name)
-    args = sql.SQL("{}, {}").format(name, sql.Literal(source.key_column))
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in source.text_columns)
-    changed = sql.SQL(" or ").join(
-        sql.SQL("old.{c} is distinct from new.{c}").format(c=sql.Identifier(c)) for c in source.text_columns
-    )
-    statements = [
-        ("enqueue_insert", "after insert on {table} for each row execute function pipeline.enqueue_row({args})"),
-        (
-            "enqueue_update",
-            "after update of {cols} on {table} for each row when ({changed})"
-            " execute function pipeline.enqueue_row({args})",
-        ),
-        ("forget", "after delete on {table} for each row execute function pipeline.forget_row({args})"),
-        ("truncate", "after truncate on {table} for each statement execute function pipeline.forget_table({name})"),
-        (
-            "notify",
-            "after insert or update of {cols} on {table} for each statement"
-            " execute function pipeline.notify_queue({name})",
-        ),
-    ]
-    for suffix, body in statements:
-        conn.execute(
-            sql.SQL("create trigger {trigger} " + body).format(
-                trigger=sql.Identifier(f"pipeline_{source.name}_{suffix}"),
-                table=table,
-                args=args,
-                cols=cols,
-                changed=changed,
-                name=name,
-            )
-        )
 
 
 def remove_source(conn: Connection, name: str, *, drop_columns: bool = False) -> dict[str, Any]:
