@@ -36,7 +36,7 @@ _OPTIONS = {"hnsw": ("m", "ef_construction"), "ivfflat": ("lists",)}
 # How versions before 0011 kept a definition: pg_get_indexdef's text, read here, never executed.
 _LEGACY = re.compile(
     r"^CREATE INDEX \S+ ON (?P<table>[\w.\"]+) USING (?P<method>hnsw|ivfflat) \((?P<column>\w+) (?P<opclass>\w+)\)"
-    r"(?: WITH \((?P<options>[\w=', ]*)\))?$"
+    r"(?: WITH \((?P<options>[\w=', ]*)\))?(?P<predicate> WHERE embedding_indexed)?$"
 )
 
 
@@ -73,7 +73,12 @@ def index_statement(conn: Connection, name: str, kept: str) -> sql.Composed | No
             for part in (legacy["options"] or "").split(",")
             if "=" in part
         )
-        spec = {**legacy.groupdict(), "table": legacy["table"].replace('"', ""), "options": options}
+        spec = {
+            **legacy.groupdict(),
+            "table": legacy["table"].replace('"', ""),
+            "options": options,
+            "predicate": "embedding_indexed" if legacy["predicate"] else None,
+        }
     if not isinstance(spec, dict):
         return None
     tables = {s.qualified: s for s in load_sources(conn)}
