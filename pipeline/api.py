@@ -212,7 +212,7 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
     @app.post("/ml/segmentar", response_model=SegmentarResponse, dependencies=secured, responses=ERRORS)
     def ml_segmentar(body: SegmentarRequest) -> dict[str, Any]:
         """The seed's CSV mode over JSON: TF-IDF + KMeans on the rows given; each row comes back with `segmento`."""
-        from pipeline.segments import fit_tfidf, seed_text
+        from pipeline.seed_tfidf import fit_tfidf, seed_text
 
         if len(body.rows) > settings.api_max_texts * 40:
             raise ApiError(413, f"{len(body.rows)} rows in one call; the limit is {settings.api_max_texts * 40}")

@@ -61,7 +61,8 @@ def register(sub: Subparsers, parents: Parents) -> None:
 
 
 def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.segments import fit_database, segment_csv
+    from pipeline.seed_tfidf import segment_csv
+    from pipeline.segments import fit_database
 
     if args.csv:
         if args.clusters == "auto":
