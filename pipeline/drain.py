@@ -9,11 +9,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from pipeline.db import Connection
+from pipeline.db import Connection, query, translate_errors
 from pipeline.errors import SourceUnavailable
 from pipeline.indexes import index_waiting
 from pipeline.sources import Source
-from pipeline.worker import SyncReport, Worker, record_sync, resolve_sources
+from pipeline.worker import SyncReport, Worker, resolve_sources
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +132,10 @@ def _drain_overlapped(
             turn += 1
         if writing is not None:
             collect(writing.result())
+
+
+def record_sync(conn: Connection, sources: set[str]) -> None:
+    """When each source was last synced, whatever came of it (`status` shows it even if every row failed)."""
+    if sources:
+        with translate_errors():
+            conn.execute(query("record_sync"), {"keys": [f"last_sync:{name}" for name in sorted(sources)]})

@@ -349,13 +349,6 @@ class Worker:
         return drain(self, conn, sources, spare=spare, stop=stop, on_batch=on_batch)
 
 
-def record_sync(conn: Connection, sources: set[str]) -> None:
-    """When each source was last synced, whatever came of it (`status` shows it even if every row failed)."""
-    if sources:
-        with translate_errors():
-            conn.execute(query("record_sync"), {"keys": [f"last_sync:{name}" for name in sorted(sources)]})
-
-
 def resolve_sources(conn: Connection, sources: Sequence[Source | str] | None) -> list[Source]:
     if sources is None:
         return load_sources(conn)
