@@ -194,7 +194,8 @@ def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
             conn.execute("select pg_notify(%s, %s)", (CHANNEL, name))
     if args.id is not None and not moved:
         raise InputError(f"{source} row {args.id} is not in pipeline.failed")
-    print(f"queued {plural(len(moved), 'failed row')} again; the daemon (or `pipeline sync`) retries them")
+    them = "it" if len(moved) == 1 else "them"
+    print(f"queued {plural(len(moved), 'failed row')} again; the daemon (or `pipeline sync`) retries {them}")
     return 0
 
 
