@@ -162,10 +162,13 @@ def create_app(*, settings: Settings, url: str, embedder: Any) -> FastAPI:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
-    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"error": f"{where or 'body'}: {first.get('msg', 'invalid request')}"}, status_code=422)
+        message = f"{where or 'body'}: {first.get('msg', 'invalid request')}"
+        if "json" not in request.headers.get("content-type", ""):  # curl -d without -H sends a form
+            message += " (send the body as JSON: -H 'Content-Type: application/json')"
+        return JSONResponse({"error": message}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
