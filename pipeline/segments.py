@@ -271,18 +271,18 @@ def fit_database(
 # insert is most of its cost (~3 ms a row at 100,000 rows). A first fit changes every row, so over a big
 # table the vector index is set aside while the rows are updated (`pipeline.indexes`).
 
-DEFER_INDEX_FROM = 20_000  # rows without a segment yet; fewer: the UPDATE keeps the index
+SET_ASIDE_INDEX_FROM = 20_000  # rows without a segment yet; fewer: the UPDATE keeps the index
 
 
 def _first_fit(conn: Connection, table: Source, rows: int) -> bool:
-    if rows < DEFER_INDEX_FROM:
+    if rows < SET_ASIDE_INDEX_FROM:
         return False
     unassigned = conn.execute(
         sql.SQL("select count(*) as n from {} t where {} is not null and t.{} is null").format(
             table.table, table.vector, sql.Identifier(table.segment_column or "segmento")
         )
     ).fetchone()["n"]
-    return int(unassigned) >= DEFER_INDEX_FROM
+    return int(unassigned) >= SET_ASIDE_INDEX_FROM
 
 
 def _silhouette(vectors: np.ndarray, labels: np.ndarray) -> float | None:

@@ -160,7 +160,7 @@ def test_a_first_fit_over_a_big_table_rebuilds_the_vector_index_after(
     from pipeline import segments
     from pipeline.status import status
 
-    monkeypatch.setattr(segments, "DEFER_INDEX_FROM", 10)  # the sample is small; the path is the big tables'
+    monkeypatch.setattr(segments, "SET_ASIDE_INDEX_FROM", 10)  # the sample is small; the path is the big tables'
     definition = "select pg_get_indexdef('public.dores_embedding_idx'::regclass) as d"
     before = conn.execute(definition).fetchone()["d"]
     result = fit_database(conn, clusters=6)
