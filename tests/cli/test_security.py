@@ -10,7 +10,7 @@ from psycopg.conninfo import make_conninfo
 
 from pipeline.db import connect
 from pipeline.model import record_model
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, invoke
 
 
 def role_block() -> str:
@@ -29,12 +29,12 @@ def test_least_privilege_role_syncs_and_segments(db_url: str, embedder: Any) -> 
             conn.execute("insert into documents (title, content) values ('Doc', 'Um documento.')")
             record_model(conn, embedder)  # the owner records the model; the worker may not
         worker_url = make_conninfo(db_url, user="pipeline_worker")
-        synced = run_cli("sync", "--json", db_url=worker_url)
+        synced = invoke("sync", "--json", db_url=worker_url)
         assert synced.returncode == 0, synced.stderr
         assert '"embedded": 31' in synced.stdout
-        segmented = run_cli("segment", "--clusters", "3", db_url=worker_url)
+        segmented = invoke("segment", "--clusters", "3", db_url=worker_url)
         assert segmented.returncode == 0, segmented.stderr
-        status = run_cli("status", db_url=worker_url)
+        status = invoke("status", db_url=worker_url)
         assert status.returncode == 0, status.stderr
         with (
             psycopg.connect(worker_url, autocommit=True) as limited,

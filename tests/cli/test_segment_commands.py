@@ -1,4 +1,5 @@
-"""`pipeline segment` (CSV and database mode), `segments` and `classify` as subprocesses."""
+"""`pipeline segment` (CSV and database mode), `segments` and `classify`: in this process (`invoke`), and
+CSV mode to stdout as a real process (the CSV on stdout, the counts on stderr)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.db import connect
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, invoke, run_cli
 
 SAMPLE = ROOT / "pipeline" / "data" / "dores_exemplo.csv"
 
@@ -18,7 +19,7 @@ def test_csv_mode_matches_scikit_learn_run_directly(tmp_path: Path) -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     out = tmp_path / "out.csv"
-    result = run_cli(
+    result = invoke(
         "segment", "--csv", str(SAMPLE), "--out", str(out), "--clusters", "6", "--max-features", "300", db_url=""
     )
     assert result.returncode == 0, result.stderr
@@ -53,27 +54,27 @@ def test_csv_mode_errors_are_one_line(tmp_path: Path) -> None:
     for name, (content, message) in cases.items():
         path = tmp_path / name
         path.write_text(content, encoding="utf-8")
-        result = run_cli("segment", "--csv", str(path), db_url="")
+        result = invoke("segment", "--csv", str(path), db_url="")
         assert result.returncode == 1, name
         assert message in result.stderr, (name, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    bad = run_cli("segment", "--csv", str(SAMPLE), "--clusters", "muitos", db_url="")
+    bad = invoke("segment", "--csv", str(SAMPLE), "--clusters", "muitos", db_url="")
     assert bad.returncode == 1 and "--clusters takes a number" in bad.stderr
 
 
 def test_database_mode_segments_and_classify(db_url: str) -> None:
-    assert run_cli("import-csv", str(SAMPLE), db_url=db_url).returncode == 0
-    assert run_cli("sync", db_url=db_url).returncode == 0
-    fitted = run_cli("segment", "--clusters", "6", "--json", db_url=db_url)
+    assert invoke("import-csv", str(SAMPLE), db_url=db_url).returncode == 0
+    assert invoke("sync", db_url=db_url).returncode == 0
+    fitted = invoke("segment", "--clusters", "6", "--json", db_url=db_url)
     assert fitted.returncode == 0, fitted.stderr
     result = json.loads(fitted.stdout)
     assert result["k"] == 6 and result["n_rows"] == 199 and len(result["segments"]) == 6
 
-    listed = json.loads(run_cli("segments", "--json", db_url=db_url).stdout)
+    listed = json.loads(invoke("segments", "--json", db_url=db_url).stdout)
     assert [s["segmento"] for s in listed] == list(range(6))
     assert all(len(s["examples"]) == 3 and s["label"] for s in listed)
 
-    answer = run_cli("classify", "a escola perde alunos todo semestre", "--json", db_url=db_url)
+    answer = invoke("classify", "a escola perde alunos todo semestre", "--json", db_url=db_url)
     assert answer.returncode == 0, answer.stderr
     segment = json.loads(answer.stdout)
     assert {"segmento", "label", "similarity"} <= set(segment)
@@ -83,10 +84,10 @@ def test_database_mode_segments_and_classify(db_url: str) -> None:
         ).fetchone()["s"]
     assert segment["segmento"] == school
 
-    text = run_cli("segments", db_url=db_url)
+    text = invoke("segments", db_url=db_url)
     assert text.returncode == 0 and " - " in text.stdout
 
 
 def test_segments_before_any_fit_says_what_to_do(db_url: str) -> None:
-    result = run_cli("segments", db_url=db_url)
+    result = invoke("segments", db_url=db_url)
     assert result.returncode == 1 and "run `pipeline segment`" in result.stderr

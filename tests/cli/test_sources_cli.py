@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from typing import Any
 
 from pipeline.db import connect
 from tests.cli.test_daemon import start, wait_for_line
-from tests.conftest import run_cli
+from tests.conftest import invoke, wait_until
 
 TICKETS = "create table public.tickets (id bigint generated always as identity primary key, titulo text, corpo text)"
 
@@ -23,52 +22,48 @@ def test_source_add_list_search_status_remove(db_url: str) -> None:
             "insert into leads (empresa, mensagem) values ('Clínica', 'Pacientes faltam às consultas'),"
             " ('Frota', 'Caminhões gastam diesel demais')"
         )
-    added = run_cli("source", "add", "leads", "--table", "public.leads", "--text", "empresa, mensagem", db_url=db_url)
+    added = invoke("source", "add", "leads", "--table", "public.leads", "--text", "empresa, mensagem", db_url=db_url)
     assert added.returncode == 0, added.stderr
     assert "row source on public.leads (key id uuid)" in added.stdout and "2 rows queued" in added.stdout
-    listed = json.loads(run_cli("source", "list", "--json", db_url=db_url).stdout)
+    listed = json.loads(invoke("source", "list", "--json", db_url=db_url).stdout)
     assert {s["name"] for s in listed} == {"dores", "documents", "leads"}
-    synced = run_cli("sync", "--source", "leads", "--json", db_url=db_url)
+    synced = invoke("sync", "--source", "leads", "--json", db_url=db_url)
     assert synced.returncode == 0 and json.loads(synced.stdout)["embedded"] == 2, synced.stderr
-    found = run_cli("search", "agenda de pacientes", "--source", "leads", "-k", "1", "--json", db_url=db_url)
+    found = invoke("search", "agenda de pacientes", "--source", "leads", "-k", "1", "--json", db_url=db_url)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["content"].startswith("Clínica")
-    status = run_cli("status", "--json", db_url=db_url)
+    status = invoke("status", "--json", db_url=db_url)
     rows = {t["table"]: t for t in json.loads(status.stdout)["tables"]}
     assert rows["leads"]["embedded"] == 2 and rows["leads"]["pending"] == 0
-    assert "leads" in run_cli("status", db_url=db_url).stdout
-    bad = run_cli("source", "add", "tickets", "--table", "public.nada", "--text", "x", db_url=db_url)
+    assert "leads" in invoke("status", db_url=db_url).stdout
+    bad = invoke("source", "add", "tickets", "--table", "public.nada", "--text", "x", db_url=db_url)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "pipeline: error: --table public.nada: no such table (give SCHEMA.TABLE)"
     ]
-    unknown = run_cli("sync", "--source", "nada", db_url=db_url)
+    unknown = invoke("sync", "--source", "nada", db_url=db_url)
     assert unknown.returncode == 1 and "no source named nada" in unknown.stderr
-    removed = run_cli("source", "remove", "leads", "--drop-columns", db_url=db_url)
+    removed = invoke("source", "remove", "leads", "--drop-columns", db_url=db_url)
     assert removed.returncode == 0, removed.stderr
-    assert "leads" not in run_cli("status", db_url=db_url).stdout
+    assert "leads" not in invoke("status", db_url=db_url).stdout
 
 
-def test_a_running_daemon_picks_up_a_new_source_and_embeds_within_a_second(db_url: str) -> None:
+def test_a_running_daemon_picks_up_a_new_source_and_embeds_on_its_notification(db_url: str) -> None:
     with connect(db_url) as conn:
         conn.execute(TICKETS)
     daemon = start(["run", "--interval", "300"], db_url)
     try:
         wait_for_line(daemon, "ready:")
-        added = run_cli("source", "add", "tickets", "--table", "tickets", "--text", "titulo, corpo", db_url=db_url)
+        added = invoke("source", "add", "tickets", "--table", "tickets", "--text", "titulo, corpo", db_url=db_url)
         assert added.returncode == 0, added.stderr
         with connect(db_url) as conn:
             conn.execute("insert into tickets (titulo, corpo) values ('Sistema fora do ar', 'Desde as 8h')")
-            committed = time.monotonic()
-            while time.monotonic() - committed < 10:
-                if conn.execute("select embedded_at from tickets").fetchone()["embedded_at"] is not None:
-                    break
-                time.sleep(0.02)
-            latency = time.monotonic() - committed
+            # Long before the 300 s poll: the notification woke it (bench/throughput.py times commit to embedded).
+            embedded = "select embedded_at from tickets where embedded_at is not null"
+            wait_until(lambda: conn.execute(embedded).fetchone(), 60, "the ticket embedded")
             # An update of a column the text does not read is not work.
             conn.execute("alter table tickets add column prioridade int")
             conn.execute("update tickets set prioridade = 1")
             assert conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"] == 0
-        assert latency < 1.0, f"embedded {latency:.2f}s after the commit"
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
@@ -79,15 +74,15 @@ def test_kill_9_mid_batch_on_a_chunked_source_loses_and_duplicates_nothing(db_ur
         conn.execute("create table public.emails (message_id text primary key, assunto text, corpo text)")
         conn.execute(
             "insert into emails select '<' || g || '@x>', 'Assunto ' || g,"
-            " repeat('Texto longo do e-mail número ' || g || '. ', 60) from generate_series(1, 150) g"
+            " repeat('Texto longo do e-mail número ' || g || '. ', 60) from generate_series(1, 48) g"
         )
-    assert run_cli("source", "add", "emails", "--table", "emails", "--text", "assunto, corpo", "--chunked",
-                   db_url=db_url).returncode == 0  # fmt: skip
-    sync = start(["sync", "--source", "emails"], db_url, PIPELINE_CLAIM_SIZE="64")
+    assert invoke("source", "add", "emails", "--table", "emails", "--text", "assunto, corpo", "--chunked",
+                  db_url=db_url).returncode == 0  # fmt: skip
+    sync = start(["sync", "--source", "emails"], db_url, PIPELINE_CLAIM_SIZE="16")
     wait_for_line(sync, "emails:")  # one batch committed, others in flight
     sync.kill()
     sync.wait()
-    again = run_cli("sync", db_url=db_url)
+    again = invoke("sync", db_url=db_url)
     assert again.returncode == 0, again.stderr
     with connect(db_url) as conn:
         counts: Any = conn.execute(
@@ -97,4 +92,4 @@ def test_kill_9_mid_batch_on_a_chunked_source_loses_and_duplicates_nothing(db_ur
             "  group by 1, 2 having count(*) > 1) d) as duplicated,"
             " (select count(distinct emails_key) from emails_chunks) as with_chunks from emails"
         ).fetchone()
-    assert counts == {"emails": 150, "embedded": 150, "queued": 0, "duplicated": 0, "with_chunks": 150}
+    assert counts == {"emails": 48, "embedded": 48, "queued": 0, "duplicated": 0, "with_chunks": 48}

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +20,7 @@ from hypothesis import settings as hypothesis_settings
 from pipeline.config import Settings
 from pipeline.csvio import import_dores
 from pipeline.segments import fit_database
-from tests.conftest import ROOT
+from tests.conftest import ROOT, invoke, wait_until
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -160,8 +159,8 @@ def test_fifty_concurrent_requests(db_url: str, embedder: Any) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), 60, "the server started")
+    assert server.started
     try:
         texts = [f"dor número {i} do cliente" for i in range(50)]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=60) as http:
@@ -247,11 +246,10 @@ def test_the_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings_of(["serve"], monkeypatch).jwt_secret == "from-the-environment"
 
 
-def test_serve_names_an_unset_secret_variable_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline import cli
-
-    assert cli.main(["serve", "--jwt-secret-env", "PIPELINE_TEST_NO_SUCH_VARIABLE"]) == 1
-    assert capsys.readouterr().err.strip() == (
+def test_serve_names_an_unset_secret_variable_in_one_line() -> None:
+    result = invoke("serve", "--jwt-secret-env", "PIPELINE_TEST_NO_SUCH_VARIABLE", db_url="")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
         "pipeline: error: --jwt-secret-env PIPELINE_TEST_NO_SUCH_VARIABLE: that environment variable is not set"
     )
 
@@ -279,10 +277,8 @@ def metrics_socket(settings: Settings, db_url: str, worker: Any, monkeypatch: py
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not servers:
-            assert time.monotonic() < deadline and thread.is_alive(), "no metrics server"
-            time.sleep(0.05)
+        wait_until(lambda: servers or not thread.is_alive(), 60, "the metrics server")
+        assert servers, "the daemon ended without a metrics server"
         host, port = servers[0].socket.getsockname()[:2]
         # The server answers on loopback either way.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

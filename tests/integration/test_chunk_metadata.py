@@ -12,7 +12,7 @@ import pytest
 from pipeline.migrations import migrate
 from pipeline.source_admin import add_source, remove_source
 from pipeline.worker import Worker
-from tests.conftest import run_cli
+from tests.conftest import invoke
 
 LONG = " ".join(f"Frase {i} sobre confirmação automática de consultas e lembretes por WhatsApp." for i in range(40))
 EMAILS = """
@@ -182,7 +182,7 @@ def test_the_trigger_function_serves_only_its_sources_table(conn: Any) -> None:
 def test_follow_parent_from_the_command_line(db_url: str, conn: Any) -> None:
     conn.execute(EMAILS)
     add_source(conn, name="emails", table="public.emails", text="corpo", chunked=True)
-    result = run_cli("source", "follow-parent", "emails", "--json", db_url=db_url)
+    result = invoke("source", "follow-parent", "emails", "--json", db_url=db_url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["policy"] == "chunks follow their parent"
     assert "public.emails has no row-level security" in result.stderr
@@ -191,7 +191,7 @@ def test_follow_parent_from_the_command_line(db_url: str, conn: Any) -> None:
     ).fetchone()
     assert policy["roles"] == ["public"] and policy["cmd"] == "SELECT"
     assert "FROM emails p" in policy["qual"] and "emails_chunks.emails_key" in policy["qual"]
-    refused = run_cli("source", "follow-parent", "dores", db_url=db_url)
+    refused = invoke("source", "follow-parent", "dores", db_url=db_url)
     assert refused.returncode == 1 and "row source" in refused.stderr
-    assert run_cli("source", "follow-parent", "emails", "--off", db_url=db_url).returncode == 0
+    assert invoke("source", "follow-parent", "emails", "--off", db_url=db_url).returncode == 0
     assert conn.execute("select count(*) as n from pg_policies where tablename = 'emails_chunks'").fetchone()["n"] == 0

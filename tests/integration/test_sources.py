@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -15,6 +14,7 @@ from pipeline.search import search_source
 from pipeline.source_admin import add_source, remove_source
 from pipeline.sources import load_sources
 from pipeline.worker import Worker, count_ready
+from tests.conftest import wait_until
 
 LEADS = """
 create table public.leads (
@@ -207,22 +207,17 @@ def test_sources_take_turns_a_backlog_does_not_starve_another(db_url: str, embed
         thread = threading.Thread(target=worker.drain, args=(conn,), kwargs={"spare": spare, "stop": stop})
         thread.start()
         try:
-            time.sleep(2)  # the leads backlog is being worked on
+            leads_embedded = "select count(*) as n from leads where embedding is not null"
+            wait_until(lambda: watcher.execute(leads_embedded).fetchone()["n"], 120, "the leads backlog worked on")
             watcher.execute("insert into tickets (titulo) values ('Sistema fora do ar')")
-            inserted = time.monotonic()
-            while time.monotonic() - inserted < 60:
-                row = watcher.execute("select embedded_at from tickets").fetchone()
-                if row["embedded_at"] is not None:
-                    break
-                time.sleep(0.05)
-            latency = time.monotonic() - inserted
+            ticket = "select embedded_at from tickets where embedded_at is not null"
+            wait_until(lambda: watcher.execute(ticket).fetchone(), 120, "the ticket embedded")
             left = count_ready(watcher, ["leads"])
         finally:
             stop.set()
             thread.join()
-    assert row["embedded_at"] is not None
+    # Taking turns is the behaviour; how long a turn takes is the model's speed (bench/throughput.py).
     assert left > 15_000, "the ticket waited for the leads backlog"
-    assert latency < 10, f"ticket embedded {latency:.1f}s after its commit"
 
 
 def test_segments_for_a_uuid_source_live_beside_the_dores_ones(conn: Any, worker: Worker, embedder: Any) -> None:

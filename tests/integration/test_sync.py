@@ -102,19 +102,21 @@ def test_identical_texts_in_a_batch_are_embedded_once(embedder: Any) -> None:
     assert np.allclose(vectors[0], vectors[2])
 
 
-def test_batches_group_texts_of_similar_token_counts(embedder: Any) -> None:
+def test_batches_group_texts_of_similar_token_counts(embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     words = ["estoque", "nota", "fiscal", "atraso", "cliente", "entrega", "margem", "caixa"]
     texts = [" ".join(words[: 1 + i % 8] * (1 + i % 5)) for i in range(150)]
     tokens = [embedder.count_tokens(text) for text in texts]
+    size = 64
+    monkeypatch.setattr(embedder, "batch_size", size)
     batches = embedder._batches(texts)
-    assert all(len(b) <= 64 for b in batches)
+    assert all(len(b) <= size for b in batches)
     assert sorted(i for b in batches for i in b) == list(range(150))
     for longer, shorter in itertools.pairwise(batches):
         assert min(tokens[i] for i in longer) >= max(tokens[i] for i in shorter)
-    # Fewer tokens computed (each pass pads to its longest text) than passes cut every 64 texts.
+    # Fewer tokens computed (each pass pads to its longest text) than passes cut every `size` texts.
     by_length = sorted(tokens, reverse=True)
     computed = sum(len(b) * max(tokens[i] for i in b) for b in batches)
-    assert computed < sum(min(64, 150 - start) * by_length[start] for start in range(0, 150, 64))
+    assert computed < sum(min(size, 150 - start) * by_length[start] for start in range(0, 150, size))
     # Regrouping changes no vector: each equals the model's own embedding of that text alone.
     vectors = embedder.embed(texts)
     for i in (0, 37, 149):

@@ -4,9 +4,6 @@ closed to the public anon key by default, and never dropping queued work it cann
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from typing import Any
 
 import psycopg
@@ -21,7 +18,8 @@ from pipeline.model import record_model
 from pipeline.security import advisor
 from pipeline.segments import fit_database
 from pipeline.worker import Worker
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.cli.test_daemon import start, wait_for_line
+from tests.conftest import ROOT, invoke, wait_until
 from tests.supabase.conftest import Project
 
 API_ROLES = ("anon", "authenticated")
@@ -151,13 +149,13 @@ def test_rerunning_a_released_file_by_hand_is_noticed_and_repaired(supabase: Pro
         conn.execute((ROOT / "pipeline" / "sql" / "0001_init.sql").read_bytes())
     found = {(lint, obj) for lint, obj in lints(supabase.postgres_url)}
     assert ("function_search_path_mutable", "pipeline.enqueue_row()") in found
-    status = run_cli("status", db_url=supabase.postgres_url)
+    status = invoke("status", db_url=supabase.postgres_url)
     assert status.returncode == 0, status.stderr
     assert "warning: pipeline.enqueue_row: queue trigger function lost SECURITY DEFINER" in status.stdout
-    migrated = run_cli("migrate", db_url=supabase.postgres_url)
+    migrated = invoke("migrate", db_url=supabase.postgres_url)
     assert migrated.returncode == 0, migrated.stderr
     assert lints(supabase.postgres_url) == []
-    assert "warning" not in run_cli("status", db_url=supabase.postgres_url).stdout
+    assert "warning" not in invoke("status", db_url=supabase.postgres_url).stdout
     # With the triggers' rights back, a writer with no right on schema pipeline still queues its rows.
     assert supabase.api("insert into public.dores (dor_base) values ('api')", role="service_role") == 1
 
@@ -171,12 +169,12 @@ def test_repeatable_file_pasted_in_a_fresh_session_as_postgres(supabase: Project
     with psycopg.connect(supabase.postgres_url) as conn:
         conn.execute(b"select '[1]'::extensions.vector")  # docs/supabase.md: load pgvector first
         conn.execute(hybrid.encode())
-    assert run_cli("migrate", db_url=supabase.postgres_url).returncode == 0
+    assert invoke("migrate", db_url=supabase.postgres_url).returncode == 0
     assert lints(supabase.postgres_url) == []
 
 
 def test_migrate_without_vector_changes_nothing_and_says_how_to_enable_it(supabase_without_vector: Project) -> None:
-    result = run_cli("migrate", db_url=supabase_without_vector.postgres_url)
+    result = invoke("migrate", db_url=supabase_without_vector.postgres_url)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pipeline: error: the vector extension is not enabled"), lines
@@ -205,7 +203,7 @@ def test_a_worker_hidden_by_row_level_security_refuses_and_keeps_the_queue(supab
         conn.execute("grant execute on function pipeline.existing_keys(text, text[]) to pipeline_reader")
     url = _limited_worker(supabase)
     queued = "select count(*) from pipeline.queue"
-    result = run_cli("sync", db_url=url)
+    result = invoke("sync", db_url=url)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "row-level security on public.dores" in lines[0] and "BYPASSRLS" in lines[0], lines
@@ -226,34 +224,18 @@ def test_a_worker_hidden_by_row_level_security_refuses_and_keeps_the_queue(supab
 
 def test_the_daemon_and_the_http_api_as_postgres(supabase: Project, embedder: Any) -> None:
     load_sample(supabase, embedder, dores=10)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--interval", "300"],
-        env=cli_env(supabase.postgres_url),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
+    daemon = start(["run", "--interval", "300"], supabase.postgres_url)
     try:
-        assert daemon.stderr is not None
-        deadline = time.monotonic() + 120
-        while "ready:" not in daemon.stderr.readline():
-            assert time.monotonic() < deadline and daemon.poll() is None, "the daemon did not start"
+        wait_for_line(daemon, "ready:")
         supabase.api("insert into public.dores (dor_base) values ('inserida pela API')", role="service_role")
         with psycopg.connect(supabase.postgres_url, autocommit=True) as conn:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                row = conn.execute(
-                    "select embedding is not null, segmento from dores where dor_base = 'inserida pela API'"
-                )
-                embedded, segmento = row.fetchone()
-                if embedded:
-                    break
-                time.sleep(0.1)
-            assert embedded and segmento is not None
+            embedded = "select segmento from dores where dor_base = 'inserida pela API' and embedding is not null"
+            (segmento,) = wait_until(lambda: conn.execute(embedded).fetchone(), 60, "the API's row embedded")
+            assert segmento is not None
     finally:
         daemon.terminate()
-        assert daemon.wait(30) == 0
+        daemon.communicate(timeout=60)
+    assert daemon.returncode == 0
     from pipeline.api import create_app
 
     app = create_app(settings=Settings(api_token="t"), url=supabase.postgres_url, embedder=embedder)
@@ -268,7 +250,7 @@ def test_the_daemon_and_the_http_api_as_postgres(supabase: Project, embedder: An
 def test_transaction_pooler_is_refused_with_a_clear_line() -> None:
     url = "postgresql://postgres.project:secret@aws-0-sa-east-1.pooler.supabase.com:6543/postgres"
     for command in ("run", "migrate"):
-        result = run_cli(command, db_url=url, timeout=60)
+        result = invoke(command, db_url=url)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "transaction pooler on port 6543" in lines[0] and "5432" in lines[0], lines
@@ -296,7 +278,7 @@ def test_the_documented_worker_role_works_on_supabase(supabase: Project, embedde
         conn.execute("insert into dores (dor_base) values ('nova dor'), ('outra dor')")
     worker_url = supabase.url("pipeline_worker", "change-me")
     for args in (["sync", "--json"], ["segment", "--clusters", "2"], ["search", "nova dor", "-k", "1"], ["status"]):
-        result = run_cli(*args, db_url=worker_url)
+        result = invoke(*args, db_url=worker_url)
         assert result.returncode == 0, (args, result.stderr)
         if args[0] == "sync":
             assert '"embedded": 2' in result.stdout
@@ -346,10 +328,10 @@ def test_an_adopted_table_keeps_its_settings_and_status_warns(supabase: Project)
             "create table public.dores (id bigserial primary key, dor_base text not null, solucao_graventum text)"
         )
         conn.execute("insert into public.dores (dor_base) values ('linha que já existia')")
-    assert run_cli("migrate", db_url=supabase.postgres_url).returncode == 0
+    assert invoke("migrate", db_url=supabase.postgres_url).returncode == 0
     assert len(supabase.api("select id from public.dores", role="anon")) == 1  # as its owner left it
     assert supabase.api("select * from public.documents", role="anon") == []  # created by the pipeline: closed
-    status = run_cli("status", "--json", db_url=supabase.postgres_url)
+    status = invoke("status", "--json", db_url=supabase.postgres_url)
     assert status.returncode == 0, status.stderr
     warnings = json.loads(status.stdout)["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("public.dores: the API roles can anon delete"), warnings

@@ -33,9 +33,32 @@ def test_explicit_model_that_is_nowhere_is_an_error_not_a_fallback() -> None:
         resolve_model("./no/such/dir")
 
 
-def test_resolution_does_not_wait_on_the_network() -> None:
-    import time
+def test_resolution_offline_never_asks_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
 
-    started = time.perf_counter()
-    resolve_model(None, None)
-    assert time.perf_counter() - started < 5
+    def ask(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the hub was asked while HF_HUB_OFFLINE is set")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "model_info", ask)
+    assert resolve_model(None, None).name == BUNDLED_MODEL
+
+
+def test_resolution_asks_the_hub_once_with_a_short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online, a model in no cache costs one brief question to the hub, then the fallback (how long
+    resolving and loading take is measured by bench/model_load.py, not asserted here)."""
+    import huggingface_hub
+
+    from pipeline.model import HUB_TIMEOUT_S
+
+    asked: list[tuple[str, object]] = []
+
+    def unreachable(name: str, timeout: object = None, **_kwargs: object) -> None:
+        asked.append((name, timeout))
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    assert resolve_model(None, None).name == BUNDLED_MODEL
+    assert asked == [(DEFAULT_MODEL, HUB_TIMEOUT_S)]
+    assert HUB_TIMEOUT_S <= 5
