@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -226,6 +227,45 @@ def _stdin(text: str) -> Iterator[None]:
         sys.stdin = saved
 
 
+@contextlib.contextmanager
+def daemon_thread(url: str, *, metrics_port: int | None = None, **settings: Any) -> Iterator[Any]:
+    """`pipeline run` without its process: the daemon (`pipeline.daemon.Daemon`, prepared as the command
+    prepares it) serving on a thread of this process with the model loaded already, from when it listens
+    for notifications to the end of the block. For what the daemon does; its process (signals, exit codes,
+    kill -9) is tested as a process in tests/cli/test_daemon.py and test_faults.py."""
+    from pipeline.config import Settings
+    from pipeline.daemon import CHANNEL, Daemon
+    from pipeline.db import connect
+    from pipeline.migrations import require_current
+    from pipeline.worker import Worker, prepare_worker
+
+    config = Settings(**{"interval": 300.0, **settings})
+
+    def prepare(conn: Any) -> Worker:
+        require_current(conn)
+        return prepare_worker(conn, config)
+
+    daemon = Daemon(settings=config, url=url, metrics_port=metrics_port)
+    thread = threading.Thread(target=daemon.serve, args=(prepare,), name="daemon", daemon=True)
+    thread.start()
+    try:
+        listening = (
+            "select 1 from pg_stat_activity where datname = current_database() and query = %s and state = 'idle'"
+        )
+        with connect(url) as conn:
+            wait_until(
+                lambda: not thread.is_alive() or conn.execute(listening, (f"listen {CHANNEL}",)).fetchone(),
+                120,
+                "the daemon listening",
+            )
+        assert thread.is_alive(), "the daemon stopped"
+        yield daemon
+    finally:
+        daemon.stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the daemon did not stop"
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> Any:
     """Poll `condition` until it returns something true, and return that; fail after `timeout` seconds.
     The timeout is a bound on a hang, not a speed requirement: speed is measured in bench/."""
@@ -237,3 +277,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "t
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f}s")
         time.sleep(0.05)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests (and so their files) first: on two workers (scripts/test.sh) they then run beside
+    the short ones rather than alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.db import connect
 from tests.conftest import ROOT, invoke, run_cli, wait_until
 
@@ -155,6 +157,7 @@ def test_export_csv_writes_dores(db_url: str, tmp_path: Path) -> None:
     assert lines[1].endswith('"a, com vírgula",,2,{}')
 
 
+@pytest.mark.slow
 def test_backfill_interrupted_then_continued(db_url: str) -> None:
     import signal
     import subprocess

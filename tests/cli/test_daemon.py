@@ -1,9 +1,11 @@
 """The daemon and several workers as real processes against the real database: signals, kill -9 and
-parallel processes are what is tested here."""
+parallel processes are what is tested here; what the daemon serves (metrics, health), from its loop on a
+thread of this process."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from pipeline.db import connect
-from tests.conftest import ROOT, cli_env, invoke, wait_until
+from tests.conftest import ROOT, cli_env, daemon_thread, invoke, wait_until
 
 
 def start(args: list[str], db_url: str, **extra: str) -> subprocess.Popen[str]:
@@ -62,6 +64,7 @@ def test_daemon_embeds_an_insert_on_its_notification_and_stops_on_sigterm(db_url
     assert code == 0
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_batch_exits_cleanly(db_url: str) -> None:
     with connect(db_url) as conn:
         conn.execute(
@@ -110,6 +113,7 @@ def test_two_parallel_syncs_embed_every_row_exactly_once(db_url: str) -> None:
         assert conn.execute("select count(distinct document_id) as n from document_chunks").fetchone()["n"] == 12
 
 
+@pytest.mark.slow
 def test_kill_9_during_sync_loses_nothing(db_url: str) -> None:
     with connect(db_url) as conn, connect(db_url, autocommit=False) as holder:
         conn.execute("insert into dores (dor_base) select 'texto para embutir ' || g from generate_series(1, 500) g")
@@ -143,15 +147,12 @@ def test_kill_9_during_sync_loses_nothing(db_url: str) -> None:
         assert conn.execute("select count(*) as n from pipeline.failed").fetchone()["n"] == 0
 
 
-def test_metrics_and_health_endpoints(db_url: str) -> None:
+def test_metrics_and_health_endpoints(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     import re
-    import urllib.error
     import urllib.request
 
-    daemon = start(["run", "--metrics-port", "0", "--interval", "300"], db_url)
-    try:
-        lines = wait_for_line(daemon, "ready:")
-        port = int(re.search(r"http://[^:]+:(\d+)/metrics", "".join(lines)).group(1))  # type: ignore[union-attr]
+    with caplog.at_level(logging.INFO, logger="pipeline"), daemon_thread(db_url, metrics_port=0):
+        port = int(re.search(r"http://[^:]+:(\d+)/metrics", caplog.text).group(1))  # type: ignore[union-attr]
         with connect(db_url) as conn:
             conn.execute("insert into dores (dor_base) select 'dor ' || g from generate_series(1, 5) g")
             conn.execute("insert into dores (dor_base) values ('  ')")
@@ -167,9 +168,6 @@ def test_metrics_and_health_endpoints(db_url: str) -> None:
         assert "pipeline_queue_depth" in body and "pipeline_last_loop_timestamp_seconds" in body
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status == 200 and json.loads(health.read())["database"] == "ok"
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=15) == 0
 
 
 def test_health_is_503_when_the_database_is_gone(db_url: str) -> None:

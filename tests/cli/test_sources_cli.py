@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 from typing import Any
+
+import pytest
 
 from pipeline.db import connect
 from tests.cli.test_daemon import start, wait_for_line
-from tests.conftest import invoke, wait_until
+from tests.conftest import daemon_thread, invoke, wait_until
 
 TICKETS = "create table public.tickets (id bigint generated always as identity primary key, titulo text, corpo text)"
 
@@ -50,9 +51,7 @@ def test_source_add_list_search_status_remove(db_url: str) -> None:
 def test_a_running_daemon_picks_up_a_new_source_and_embeds_on_its_notification(db_url: str) -> None:
     with connect(db_url) as conn:
         conn.execute(TICKETS)
-    daemon = start(["run", "--interval", "300"], db_url)
-    try:
-        wait_for_line(daemon, "ready:")
+    with daemon_thread(db_url):
         added = invoke("source", "add", "tickets", "--table", "tickets", "--text", "titulo, corpo", db_url=db_url)
         assert added.returncode == 0, added.stderr
         with connect(db_url) as conn:
@@ -64,11 +63,9 @@ def test_a_running_daemon_picks_up_a_new_source_and_embeds_on_its_notification(d
             conn.execute("alter table tickets add column prioridade int")
             conn.execute("update tickets set prioridade = 1")
             assert conn.execute("select count(*) as n from pipeline.queue").fetchone()["n"] == 0
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_batch_on_a_chunked_source_loses_and_duplicates_nothing(db_url: str) -> None:
     with connect(db_url) as conn:
         conn.execute("create table public.emails (message_id text primary key, assunto text, corpo text)")

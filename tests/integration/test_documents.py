@@ -115,6 +115,7 @@ def test_document_metadata_and_chunks_follow_edits(conn: Any, worker: Worker, do
     assert all(c["metadata"]["tipo"] == "arquivo" for c in chunks)
 
 
+@pytest.mark.slow
 def test_a_selective_filter_still_returns_match_count_chunks(conn: Any, worker: Any, embedder: Any) -> None:
     conn.execute(
         "insert into documents (title, content, metadata) select 'Nota ' || g, 'Reunião de acompanhamento número '"

@@ -18,8 +18,7 @@ from pipeline.model import record_model
 from pipeline.security import advisor
 from pipeline.segments import fit_database
 from pipeline.worker import Worker
-from tests.cli.test_daemon import start, wait_for_line
-from tests.conftest import ROOT, invoke, wait_until
+from tests.conftest import ROOT, daemon_thread, invoke, wait_until
 from tests.supabase.conftest import Project
 
 API_ROLES = ("anon", "authenticated")
@@ -224,18 +223,12 @@ def test_a_worker_hidden_by_row_level_security_refuses_and_keeps_the_queue(supab
 
 def test_the_daemon_and_the_http_api_as_postgres(supabase: Project, embedder: Any) -> None:
     load_sample(supabase, embedder, dores=10)
-    daemon = start(["run", "--interval", "300"], supabase.postgres_url)
-    try:
-        wait_for_line(daemon, "ready:")
+    with daemon_thread(supabase.postgres_url):
         supabase.api("insert into public.dores (dor_base) values ('inserida pela API')", role="service_role")
         with psycopg.connect(supabase.postgres_url, autocommit=True) as conn:
             embedded = "select segmento from dores where dor_base = 'inserida pela API' and embedding is not null"
             (segmento,) = wait_until(lambda: conn.execute(embedded).fetchone(), 60, "the API's row embedded")
             assert segmento is not None
-    finally:
-        daemon.terminate()
-        daemon.communicate(timeout=60)
-    assert daemon.returncode == 0
     from pipeline.api import create_app
 
     app = create_app(settings=Settings(api_token="t"), url=supabase.postgres_url, embedder=embedder)
