@@ -109,16 +109,26 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
 
     Autocommit by default: work that must be atomic says so with `conn.transaction()`.
     """
-    with translate_errors():
-        conn = psycopg.connect(
-            url,
-            autocommit=autocommit,
-            connect_timeout=connect_timeout,
-            row_factory=dict_row,
-            application_name="pipeline",
-        )
+    try:
+        with translate_errors():
+            conn = psycopg.connect(
+                url,
+                autocommit=autocommit,
+                connect_timeout=connect_timeout,
+                row_factory=dict_row,
+                application_name="pipeline",
+            )
+    except DatabaseError as exc:
+        # The driver may quote the password alone (a bad percent-escape in it), where no pattern finds it.
+        secret = _URL_PASSWORD.search(url)
+        if secret and secret.group(1) and secret.group(1) in str(exc):
+            raise DatabaseError(str(exc).replace(secret.group(1), "***")) from None
+        raise
     register_vector(conn)
     return conn
+
+
+_URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]*)@")
 
 
 def register_vector(conn: Connection) -> bool:
