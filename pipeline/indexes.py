@@ -196,7 +196,7 @@ def index_waiting(
                     break
         if count:
             logger.info(
-                "%s: %d vectors moved into the vector index in %.2fs%s", source.name, count,
+                "%s: %d waiting vectors added to the vector index in %.2fs%s", source.name, count,
                 time.perf_counter() - started, " (rows were queued: embedding them first)" if interrupted else "",
             )  # fmt: skip
         moved += count
